@@ -1,0 +1,15 @@
+"""fundbench: a benchmark harness for retinal foundation models.
+
+Public API for plugin authors and notebook users::
+
+    from fundbench import Model, PreprocessConfig, hookimpl, load_results
+"""
+
+from fundbench.errors import FundbenchError
+from fundbench.hookspecs import hookimpl, hookspec
+from fundbench.model import Model
+from fundbench.preprocess import PreprocessConfig
+from fundbench.results import load_results
+
+__all__ = ["FundbenchError", "Model", "PreprocessConfig", "hookimpl", "hookspec",
+           "load_results"]

@@ -1,0 +1,99 @@
+"""Built-in dataset formats: a generic CSV, an ImageFolder tree, and the synthetic suite.
+
+A reader takes a :class:`~fundbench.definitions.DatasetDefinition` and the data root and
+returns the raw sample table (``path`` absolute, ``label`` as class name, optional
+``patient``, ``eye``, ``split``, ``caption``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fundbench.definitions import DatasetDefinition, digest_of
+from fundbench.errors import DataError
+from fundbench.hookspecs import hookimpl
+from fundbench.paths import cache_dir
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+def _dataset_dir(definition: DatasetDefinition, data_root: Path | None) -> Path:
+    rel = definition.options.get("path", definition.id)
+    root = Path(data_root) if data_root else Path.cwd()
+    path = root / rel
+    if not path.exists():
+        raise DataError(f"{path}: folder for dataset {definition.id!r} not found; "
+                        "pass --data-root pointing at the folder that contains it")
+    return path
+
+
+def read_csv_table(csv_path: Path, base: Path, columns: dict[str, str]) -> pd.DataFrame:
+    """Read a label CSV, rename its columns to ours and make image paths absolute."""
+    if not csv_path.exists():
+        raise DataError(f"{csv_path}: label file not found")
+    try:
+        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: cannot parse CSV ({exc})") from None
+    for ours in ("path", "label"):
+        theirs = columns.get(ours, ours)
+        if theirs not in raw.columns:
+            raise DataError(f"{csv_path}: missing {ours} column {theirs!r}; "
+                            f"found {list(raw.columns)}; set options.columns.{ours}")
+    table = pd.DataFrame({ours: raw[columns.get(ours, ours)] for ours in
+                          ("path", "label", "patient", "eye", "split", "caption")
+                          if columns.get(ours, ours) in raw.columns})
+    table["path"] = [str((base / p).resolve()) for p in table["path"]]
+    return table
+
+
+def read_csv(definition: DatasetDefinition, data_root: Path | None) -> pd.DataFrame:
+    """Generic CSV: ``options: {path: DIR, file: labels.csv, columns: {path: image, ...}}``."""
+    folder = _dataset_dir(definition, data_root)
+    columns = dict(definition.options.get("columns") or {})
+    return read_csv_table(folder / definition.options.get("file", "labels.csv"), folder, columns)
+
+
+def read_imagefolder(definition: DatasetDefinition, data_root: Path | None) -> pd.DataFrame:
+    """``DIR/<class>/*.jpg`` or ``DIR/<split>/<class>/*.jpg`` (RETFound-style re-splits)."""
+    folder = _dataset_dir(definition, data_root)
+    has_splits = any((folder / s).is_dir() for s in ("train", "val", "test"))
+    rows = []
+    for split_dir in ([folder / s for s in ("train", "val", "test")] if has_splits else [folder]):
+        if not split_dir.is_dir():
+            continue
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            for image in sorted(class_dir.rglob("*")):
+                if image.suffix.lower() in IMAGE_SUFFIXES:
+                    row = {"path": str(image.resolve()), "label": class_dir.name}
+                    if has_splits:
+                        row["split"] = split_dir.name
+                    rows.append(row)
+    if not rows:
+        raise DataError(f"{folder}: no images found in <class>/ sub-folders")
+    return pd.DataFrame(rows)
+
+
+def read_synthfundus(definition: DatasetDefinition, data_root: Path | None) -> pd.DataFrame:
+    """Generate (once, cached by a digest of the options) and read a synthetic dataset."""
+    from fundbench.synth import generate_dataset  # heavy drawing code: import on use
+
+    opts = dict(definition.options)
+    family = opts.pop("family")
+    base = Path(data_root) if data_root else cache_dir() / "synthfundus"
+    folder = base / f"{definition.id}-{digest_of({'family': family, **opts})[:12]}"
+    if not (folder / "labels.csv").exists():
+        from fundbench.progress import progress_callback
+
+        with progress_callback(f"generating {definition.id}") as report:
+            generate_dataset(family, folder, progress=report, **opts)
+    return read_csv_table(folder / "labels.csv", folder, {"path": "image"})
+
+
+@hookimpl
+def fundbench_register_dataset_formats(register):
+    register("csv", read_csv, description="generic CSV: path, label[, patient, eye, split]")
+    register("imagefolder", read_imagefolder, description="DIR/[split/]class/image")
+    register("synthfundus", read_synthfundus, description="generated synthetic fundus suite")

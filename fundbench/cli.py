@@ -1,0 +1,218 @@
+"""The ``fundbench`` command line.
+
+Bad input exits non-zero with one line that names the culprit; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+import yaml
+from rich.table import Table
+
+from fundbench.errors import ConfigError, FundbenchError
+from fundbench.paths import DEFAULT_OUT
+from fundbench.progress import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Benchmark retinal foundation models: zero-shot, few-shot, linear probe.")
+_state = {"debug": False}
+KINDS = ("models", "datasets", "tasks", "suites", "formats")
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")):
+    _state["debug"] = debug
+
+
+def _host():
+    from fundbench.host import get_host
+
+    host = get_host()
+    for problem in host.problems:
+        console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+    return host
+
+
+@app.command("list")
+def list_(kind: str = typer.Argument(..., help="models | datasets | tasks | suites | formats")):
+    """List what the installed plugins provide."""
+    if kind not in KINDS:
+        close = difflib.get_close_matches(kind, KINDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown kind {kind!r}{hint} (choose from {', '.join(KINDS)})")
+    registry = getattr(_host(), kind)
+    table = Table(title=f"fundbench {kind}")
+    for column in ("name", "details", "plugin"):
+        table.add_column(column)
+    for entry in registry:
+        table.add_row(entry.name, _details(entry),
+                      f"{entry.plugin.distribution} {entry.plugin.version} ({entry.plugin.name})")
+    console.print(table)
+
+
+def _details(entry) -> str:
+    obj, meta = entry.obj, entry.metadata
+    if "description" in meta:
+        return str(meta["description"])
+    if hasattr(obj, "modality"):
+        return f"{obj.modality}, {len(obj.classes)} classes: {obj.name}"
+    if hasattr(obj, "protocol"):
+        extra = f" k={list(obj.shots)} x {obj.seeds} seeds" if obj.shots else ""
+        return f"{obj.protocol}: {', '.join(obj.adapters)}{extra}"
+    if hasattr(obj, "datasets"):
+        return f"{len(obj.datasets)} datasets x {', '.join(obj.tasks)}"
+    return ""
+
+
+@app.command()
+def plugins():
+    """List loaded plugins with their distributions and versions, and any that failed."""
+    host = _host()
+    table = Table(title="fundbench plugins")
+    for column in ("entry point", "distribution", "version"):
+        table.add_column(column)
+    for info in host.plugins:
+        table.add_row(info.name, info.distribution, info.version)
+    console.print(table)
+
+
+def _parse_weights(values: list[str]) -> dict[str, str]:
+    weights: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = "", value
+        if not Path(path).exists():
+            raise ConfigError(f"--weights {value}: file {path!r} does not exist")
+        weights[name] = path
+    return weights
+
+
+def _parse_model_args(values: list[str]) -> dict[str, dict]:
+    options: dict[str, dict] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        model, dot, option = key.partition(".")
+        if not (sep and dot and model and option):
+            raise ConfigError(f"--model-arg {value!r}: expected MODEL.OPTION=VALUE")
+        options.setdefault(model, {})[option] = yaml.safe_load(raw)
+    return options
+
+
+def _parse_shots(value: Optional[str]) -> Optional[list[int]]:
+    if value is None:
+        return None
+    try:
+        shots = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--shots {value!r}: expected comma-separated integers like 1,2,4") from None
+    if not shots or min(shots) < 1:
+        raise ConfigError(f"--shots {value!r}: shots must be positive integers")
+    return shots
+
+
+@app.command()
+def run(
+    model: List[str] = typer.Option(..., "--model", "-m", help="Model name (repeatable)."),
+    suite: Optional[str] = typer.Option(None, help="Suite name [default: synthfundus]."),
+    dataset: List[str] = typer.Option([], "--dataset", "-d", help="Dataset (repeatable); overrides the suite's."),
+    task: List[str] = typer.Option([], "--task", "-t", help="zero_shot | few_shot | linear_probe (repeatable)."),
+    weights: List[str] = typer.Option([], help="[NAME=]PATH of a checkpoint (repeatable)."),
+    model_arg: List[str] = typer.Option([], help="MODEL.OPTION=VALUE passed to the model factory."),
+    data_root: Optional[Path] = typer.Option(None, help="Folder that holds the datasets."),
+    out: Path = typer.Option(DEFAULT_OUT, help="Results folder."),
+    seeds: Optional[int] = typer.Option(None, help="Few-shot seeds [default: the task's, 5]."),
+    shots: Optional[str] = typer.Option(None, help="Few-shot K values, e.g. 1,2,4,8,16."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
+    limit: Optional[int] = typer.Option(None, help="At most N images per split (smoke tests)."),
+    prompts: Optional[Path] = typer.Option(None, help="Your own zero-shot prompt YAML."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per forward pass."),
+    bootstrap: Optional[int] = typer.Option(None, help="Bootstrap resamples per cell."),
+    cache: Optional[Path] = typer.Option(None, help="Feature cache folder."),
+):
+    """Evaluate models on a suite or datasets; resumes where a previous run stopped."""
+    from fundbench.runner import RunConfig
+    from fundbench.runner import run as run_
+
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: need at least 1")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: need at least 1")
+    config = RunConfig(models=model, suite=suite, datasets=dataset, tasks=task,
+                       weights=_parse_weights(weights), model_options=_parse_model_args(model_arg),
+                       data_root=data_root, out=out, seeds=seeds, shots=_parse_shots(shots),
+                       device=device, limit=limit, prompts=prompts, batch_size=batch_size,
+                       bootstrap=bootstrap, cache=cache)
+    summary = run_(config, _host())
+    console.print(f"done in {summary.wall_s:.1f} s: {summary.computed} cells computed, "
+                  f"{summary.reused} reused, {summary.not_applicable} not applicable; "
+                  f"results in {summary.out}/ (report: {summary.out / 'report.html'})",
+                  highlight=False)
+
+
+@app.command()
+def report(results: Path = typer.Argument(..., help="A results folder from fundbench run."),
+           output: Optional[Path] = typer.Option(None, "-o", "--output", help="HTML file [default: RESULTS/report.html].")):
+    """Render an HTML report of a results folder."""
+    from fundbench.report import render_report
+
+    path = render_report(results, output or results / "report.html")
+    console.print(f"report written to {path}", highlight=False)
+
+
+@app.command("synth-grid")
+def synth_grid(output: Path = typer.Option(Path("synthfundus-samples.png"), "-o", "--output"),
+               per_class: int = typer.Option(2, help="Images per class.")):
+    """Write a PNG grid of samples from the embedded synthetic suite."""
+    from fundbench.host import get_host
+    from fundbench.runner import RunConfig, load_dataset
+    from fundbench.synth import write_sample_grid
+
+    host = _host()
+    suite = host.suites.get("synthfundus").obj
+    folders = []
+    for name in suite.datasets:
+        dataset = load_dataset(host.datasets.get(name), get_host(), RunConfig(models=[]))
+        folders.append(Path(dataset.table["path"].iloc[0]).parent.parent)
+    write_sample_grid(folders, output, per_class=per_class)
+    console.print(f"sample grid written to {output}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and turn errors into one line and an exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 130
+    except click.ClickException as exc:
+        console.print(f"error: {exc.format_message()}", highlight=False, markup=False)
+        return exc.exit_code
+    except FundbenchError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        console.print(f"error: {exc}", highlight=False, markup=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume", highlight=False)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: one line unless --debug
+        if _state["debug"]:
+            traceback.print_exc()
+        console.print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+                      "traceback)", highlight=False, markup=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The three protocols applied to one (model, dataset) pair's cached features.
+
+Each ``*_cells`` function yields ``(cell, compute)`` pairs. ``compute()`` returns the cell's
+outcome; the runner skips cells whose record already exists, so nothing here runs twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from fundbench import metrics
+from fundbench.datasets import Dataset
+from fundbench.definitions import TaskDefinition
+from fundbench.protocols import adapters as adapter_lib
+from fundbench.protocols import linear_probe, sampling, zero_shot
+from fundbench.results import Cell
+
+
+@dataclass
+class Features:
+    """A dataset's cached embeddings split into train and test, with labels and patients."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    train_groups: np.ndarray
+    train_ids: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_groups: np.ndarray
+    test_ids: np.ndarray
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, x: np.ndarray) -> Features:
+        table = dataset.table
+        # Adapters and probes fit on the train split only (the tuned probe carves its own
+        # validation from it); the val split is left to model developers; test stays unseen.
+        fit = (table["split"] == "train").to_numpy()
+        test = (table["split"] == "test").to_numpy()
+        ids = table["sha256"].str[:16].to_numpy()
+        return cls(x[fit], table["label"].to_numpy()[fit], table["patient"].to_numpy()[fit],
+                   ids[fit], x[test], table["label"].to_numpy()[test],
+                   table["patient"].to_numpy()[test], ids[test])
+
+
+@dataclass
+class Outcome:
+    """What a computed cell produced."""
+
+    probs: np.ndarray | None = None
+    details: dict = field(default_factory=dict)
+    reason: str | None = None  # set when the cell is not applicable
+    n_train: int = 0
+    fit_s: float = 0.0
+
+
+class Context:
+    """Everything a protocol needs about one (model, dataset) pair.
+
+    Features and text embeddings are computed on first use, so a rerun whose cells all exist
+    already never touches the model or the images.
+    """
+
+    def __init__(self, model_name: str, dataset: Dataset, *, logit_scale: float,
+                 no_text_reason: str | None, load_features: Callable[[], Features],
+                 load_text_weights: Callable[[], np.ndarray]) -> None:
+        self.model_name = model_name
+        self.dataset = dataset
+        self.logit_scale = logit_scale
+        #: why text-based cells are not applicable (no text tower, no prompts), else None
+        self.no_text_reason = no_text_reason
+        self._load_features = load_features
+        self._load_text_weights = load_text_weights
+
+    @functools.cached_property
+    def features(self) -> Features:
+        return self._load_features()
+
+    @functools.cached_property
+    def text_weights(self) -> np.ndarray:
+        """Class text embeddings [C, D]; only valid when ``no_text_reason`` is None."""
+        return self._load_text_weights()
+
+
+Compute = Callable[[], Outcome]
+
+
+def _timed(fn: Callable[[], tuple[np.ndarray, dict, int]]) -> Outcome:
+    start = time.perf_counter()
+    probs, details, n_train = fn()
+    return Outcome(probs=probs, details=details, n_train=n_train,
+                   fit_s=time.perf_counter() - start)
+
+
+def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
+    for adapter in task.adapters:
+        cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter)
+        if ctx.no_text_reason:
+            yield cell, lambda: Outcome(reason=ctx.no_text_reason)
+            continue
+        yield cell, lambda: _timed(lambda: (
+            zero_shot.zero_shot_probs(ctx.features.test_x, ctx.text_weights, ctx.logit_scale),
+            {}, 0))
+
+
+def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
+    f, n_classes = ctx.features, len(ctx.dataset.classes)
+    for k in task.shots:
+        for seed in range(task.seeds):
+            for adapter in task.adapters:
+                cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter,
+                            k=k, seed=seed)
+                if adapter in adapter_lib.TEXT_ADAPTERS and ctx.no_text_reason:
+                    yield cell, lambda: Outcome(reason=ctx.no_text_reason)
+                    continue
+
+                def compute(k=k, seed=seed, adapter=adapter) -> Outcome:
+                    support = sampling.sample_support(f.train_y, f.train_groups, k, seed,
+                                                      n_classes)
+                    details = {"support_indices": support.tolist(),
+                               "support_ids": f.train_ids[support].tolist()}
+
+                    def fit() -> tuple[np.ndarray, dict, int]:
+                        model = make_adapter(adapter, n_classes, ctx, seed)
+                        model.fit(f.train_x[support], f.train_y[support])
+                        return model.predict_proba(f.test_x), details, len(support)
+
+                    return _timed(fit)
+
+                yield cell, compute
+
+
+def linear_probe_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
+    f, n_classes = ctx.features, len(ctx.dataset.classes)
+    for adapter in task.adapters:
+        cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter)
+        if adapter == "tuned":
+            def fit() -> tuple[np.ndarray, dict, int]:
+                probs, info = linear_probe.fit_predict_tuned(
+                    f.train_x, f.train_y, f.train_groups, f.test_x, n_classes=n_classes, seed=0)
+                info = {"C": float(info["C"]),
+                        "val_scores": {str(c): float(s) for c, s in info["val_scores"].items()}}
+                return probs, info, len(f.train_y)
+        elif adapter == "paper":
+            def fit() -> tuple[np.ndarray, dict, int]:
+                probs = linear_probe.fit_predict_fixed(f.train_x, f.train_y, f.test_x,
+                                                       n_classes=n_classes)
+                return probs, {"C": linear_probe.PAPER_C, "class_weight": "balanced"}, \
+                    len(f.train_y)
+        else:
+            raise ValueError(f"unknown linear_probe adapter {adapter!r}; use tuned or paper")
+        yield cell, (lambda fit=fit: _timed(fit))
+
+
+PROTOCOL_CELLS = {
+    "zero_shot": zero_shot_cells,
+    "few_shot": few_shot_cells,
+    "linear_probe": linear_probe_cells,
+}
+
+
+def make_adapter(name: str, n_classes: int, ctx: Context, seed: int):
+    if name == "linear_probe":
+        return adapter_lib.LinearProbeAdapter(n_classes=n_classes)
+    if name not in adapter_lib.ADAPTERS:
+        raise ValueError(f"unknown few-shot adapter {name!r}; known: {sorted(adapter_lib.ADAPTERS)}")
+    kwargs = {"text_weights": ctx.text_weights, "logit_scale": ctx.logit_scale}
+    if name != "tip_adapter":
+        kwargs["seed"] = seed
+    return adapter_lib.ADAPTERS[name](**kwargs)
+
+
+def score(dataset: Dataset, features: Features, probs: np.ndarray, n_resamples: int) -> dict:
+    """Point metrics with patient-clustered bootstrap CIs."""
+    kwargs = {"n_classes": len(dataset.classes), "ordinal": dataset.definition.ordinal}
+    point = metrics.compute_metrics(features.test_y, probs, **kwargs)
+    ci = metrics.bootstrap_ci(features.test_y, probs, groups=features.test_groups,
+                              n_resamples=n_resamples, seed=0, **kwargs)
+    return {name: {"value": _num(value), "ci_low": _num(ci[name][0]),
+                   "ci_high": _num(ci[name][1])} for name, value in point.items()}
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)

@@ -1,0 +1,51 @@
+"""The hooks a fundbench plugin can implement.
+
+Every hook takes a ``register`` callable and the plugin calls it once per thing it adds:
+``register(name, obj, **metadata)``. The host owns naming, collision checks and error
+reporting, so a plugin never touches a global registry. Built-in features use these same
+hooks through the same ``fundbench`` entry-point group as third-party plugins.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+PROJECT = "fundbench"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[..., None]
+
+
+@hookspec
+def fundbench_register_models(register: Register) -> None:
+    """Add models: ``register(name, factory, **metadata)``; ``factory(**options)`` returns a
+    :class:`fundbench.Model`. Useful metadata: ``description``, ``modalities``, ``paper``."""
+
+
+@hookspec
+def fundbench_register_datasets(register: Register) -> None:
+    """Add dataset definitions: ``register(name, definition)`` with a
+    :class:`fundbench.datasets.DatasetDefinition` or a mapping in the YAML schema."""
+
+
+@hookspec
+def fundbench_register_tasks(register: Register) -> None:
+    """Add evaluation tasks (protocol settings): ``register(name, definition)`` with a
+    :class:`fundbench.definitions.TaskDefinition` or a mapping in the YAML schema."""
+
+
+@hookspec
+def fundbench_register_suites(register: Register) -> None:
+    """Add suites (named lists of datasets and tasks): ``register(name, definition)``."""
+
+
+@hookspec
+def fundbench_register_dataset_formats(register: Register) -> None:
+    """Add readers for on-disk dataset layouts: ``register(format_name, reader)`` where
+    ``reader(definition, data_root) -> pandas.DataFrame`` returns the sample table
+    (columns ``path, label, patient, eye, split`` and optionally ``caption``)."""
+
+

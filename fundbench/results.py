@@ -1,0 +1,118 @@
+"""Result records: one JSON file per cell, validated, written atomically, loaded tidy.
+
+Layout: ``OUT/records/<model>/<dataset>/<task>/<adapter>[-k<k>][-s<seed>].json`` plus
+``OUT/run.json`` (the run summary). Records are the unit of resume: a cell whose record
+exists with the same fingerprint is never recomputed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+
+from fundbench.atomic import write_json_atomic
+from fundbench.errors import DataError
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).parent / "schema" / f"result-{SCHEMA_VERSION}.json"
+TIDY_COLUMNS = ["model", "dataset", "task", "protocol", "adapter", "k", "seed", "metric",
+                "value", "ci_low", "ci_high", "n_classes", "n_test", "status"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The coordinates of one result."""
+
+    model: str
+    dataset: str
+    task: str
+    protocol: str
+    adapter: str
+    k: int | None = None
+    seed: int | None = None
+
+    def filename(self) -> str:
+        parts = [self.adapter]
+        if self.k is not None:
+            parts.append(f"k{self.k}")
+        if self.seed is not None:
+            parts.append(f"s{self.seed}")
+        return "-".join(parts) + ".json"
+
+    def path(self, out: Path) -> Path:
+        return Path(out) / "records" / _safe(self.model) / _safe(self.dataset) / \
+            _safe(self.task) / _safe(self.filename())
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _safe(name: str) -> str:
+    """File-system-safe version of a name (model names may contain ':' or '/')."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate_record(record: dict) -> None:
+    """Raise ``jsonschema.ValidationError`` if the record does not match the schema."""
+    _validator().validate(record)
+
+
+def write_record(out: Path, record: dict) -> Path:
+    validate_record(record)
+    return write_json_atomic(Cell(**record["cell"]).path(out), record)
+
+
+def read_record(path: Path) -> dict | None:
+    """A record, or None when the file is missing or unreadable (then it is recomputed)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def iter_records(out: Path):
+    for path in sorted((Path(out) / "records").rglob("*.json")):
+        record = read_record(path)
+        if record is not None:
+            yield record
+
+
+def load_results(path: str | Path, *, include_not_applicable: bool = False) -> pd.DataFrame:
+    """All records under a results folder as a tidy table, one row per metric value.
+
+    Columns: model, dataset, task, protocol, adapter, k, seed, metric, value, ci_low,
+    ci_high, n_classes, n_test, status. ``k`` and ``seed`` are empty (<NA>) where they do
+    not apply. Not-applicable cells appear only with ``include_not_applicable=True``, as one
+    row with an empty metric and value.
+    """
+    root = Path(path)
+    if not (root / "records").is_dir():
+        raise DataError(f"{root}: no results here (expected a records/ folder from fundbench run)")
+    rows = []
+    for record in iter_records(root):
+        base = {**record["cell"], "n_classes": record.get("n_classes"),
+                "n_test": record.get("n_test"), "status": record["status"]}
+        if record["status"] != "ok":
+            if include_not_applicable:
+                rows.append({**base, "metric": None, "value": float("nan")})
+            continue
+        for metric, m in record["metrics"].items():
+            rows.append({**base, "metric": metric, **m})
+    frame = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+    for column in ("k", "seed", "n_classes", "n_test"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("value", "ci_low", "ci_high"):
+        frame[column] = frame[column].astype(float)
+    return frame

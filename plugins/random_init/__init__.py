@@ -1,0 +1,36 @@
+"""``random_init``: a randomly initialised timm ResNet with a fixed seed — the floor.
+
+Every report shows it, so a number can be read against what an untrained encoder already
+gets from the protocol alone. It needs no weights and has no text tower.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+
+from fundbench import Model, PreprocessConfig, hookimpl
+from fundbench.model import state_dict_digest
+
+
+class RandomInitModel(Model):
+    def __init__(self, arch: str = "resnet50", seed: int = 0, resolution: int = 224,
+                 device: str = "cpu") -> None:
+        torch.manual_seed(seed)
+        self.encoder = timm.create_model(arch, pretrained=False, num_classes=0).eval()
+        self.name = f"random_init[{arch},seed={seed}]"
+        self.embed_dim = self.encoder.num_features
+        self.preprocess_config = PreprocessConfig(resolution=resolution, mode="center_crop",
+                                                  crop_pct=0.875)
+        self.weights_digest = state_dict_digest(self.encoder)
+        self.to(device)
+
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.encoder(batch)
+
+
+@hookimpl
+def fundbench_register_models(register):
+    register("random_init", RandomInitModel,
+             description="randomly initialised timm ResNet-50 (seed 0): the floor baseline",
+             needs_weights=False)
