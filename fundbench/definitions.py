@@ -57,6 +57,8 @@ class DatasetDefinition:
     def from_mapping(cls, data: dict, source: str = "<python>") -> DatasetDefinition:
         if isinstance(data, cls):
             return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
         fields = {f for f in cls.__dataclass_fields__ if f != "source"}
         _check_keys(data, fields, source)
         modality = _require(data, "modality", source)
@@ -101,6 +103,8 @@ class TaskDefinition:
     def from_mapping(cls, data: dict, source: str = "<python>") -> TaskDefinition:
         if isinstance(data, cls):
             return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
         _check_keys(data, {f for f in cls.__dataclass_fields__ if f != "source"}, source)
         protocol = _require(data, "protocol", source)
         if protocol not in PROTOCOLS:
@@ -132,6 +136,8 @@ class SuiteDefinition:
     def from_mapping(cls, data: dict, source: str = "<python>") -> SuiteDefinition:
         if isinstance(data, cls):
             return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
         _check_keys(data, {"name", "datasets", "tasks", "description"}, source)
         return cls(
             name=_require(data, "name", source),

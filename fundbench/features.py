@@ -99,10 +99,10 @@ class FeatureStore:
     def _extract(self, model: Model, key: str, items: list[tuple[str, str]], batch_size: int,
                  progress: Callable[[int, int], None] | None, stats: ExtractionStats) -> None:
         start = time.perf_counter()
-        decode_wait_size = model.preprocess_config.decode_wait_size
+        decode_size = model.preprocess_config.decode_size
 
         def load(path: str) -> torch.Tensor:
-            return model.preprocess(open_image(path, decode_wait_size))
+            return model.preprocess(open_image(path, decode_size))
 
         pending_ids: list[str] = []
         pending_x: list[np.ndarray] = []

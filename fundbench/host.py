@@ -21,6 +21,7 @@ from typing import Any, Callable
 import pluggy
 
 from fundbench import hookspecs
+from fundbench.definitions import DatasetDefinition, SuiteDefinition, TaskDefinition
 from fundbench.errors import ConfigError
 from fundbench.registry import Entry, PluginInfo, Registry
 
@@ -41,9 +42,11 @@ class Host:
     """Registries for everything plugins provide, plus a list of problems met on the way."""
 
     models: Registry = field(default_factory=lambda: Registry("model"))
-    datasets: Registry = field(default_factory=lambda: Registry("dataset"))
-    tasks: Registry = field(default_factory=lambda: Registry("task"))
-    suites: Registry = field(default_factory=lambda: Registry("suite"))
+    datasets: Registry = field(
+        default_factory=lambda: Registry("dataset", DatasetDefinition.from_mapping))
+    tasks: Registry = field(default_factory=lambda: Registry("task", TaskDefinition.from_mapping))
+    suites: Registry = field(
+        default_factory=lambda: Registry("suite", SuiteDefinition.from_mapping))
     formats: Registry = field(default_factory=lambda: Registry("format"))
     plugins: list[PluginInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -112,6 +115,8 @@ def _stager(registry: Registry, info: PluginInfo, staged: list) -> Callable[...,
     def register(name: str, obj: Any, **meta: Any) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"{registry.kind} names must be non-empty strings, got {name!r}")
+        if registry.coerce is not None:
+            obj = registry.coerce(obj, f"{registry.kind} {name!r} of plugin {info.name!r}")
         staged.append((registry, Entry(name=name, obj=obj, plugin=info, metadata=meta)))
 
     return register

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from fundbench.errors import ConfigError
 
@@ -38,8 +38,10 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Named entries of one kind, with helpful errors for unknown names."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, coerce: Callable[[Any, str], T] | None = None) -> None:
         self.kind = kind
+        #: turns what a plugin passed (e.g. a mapping from YAML) into the typed object
+        self.coerce = coerce
         self._entries: dict[str, Entry[T]] = {}
 
     def add(self, entry: Entry[T]) -> None:
