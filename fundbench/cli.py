@@ -36,7 +36,7 @@ def _host():
 
     host = get_host()
     for problem in host.problems:
-        console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+        console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
     return host
 
 
@@ -195,12 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print("aborted")
         return 130
     except click.ClickException as exc:
-        console.print(f"error: {exc.format_message()}", highlight=False, markup=False)
+        console.print(f"error: {exc.format_message()}", highlight=False, markup=False, soft_wrap=True)
         return exc.exit_code
     except FundbenchError as exc:
         if _state["debug"]:
             traceback.print_exc()
-        console.print(f"error: {exc}", highlight=False, markup=False)
+        console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to resume", highlight=False)
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if _state["debug"]:
             traceback.print_exc()
         console.print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the "
-                      "traceback)", highlight=False, markup=False)
+                      "traceback)", highlight=False, markup=False, soft_wrap=True)
         return 1
     return 0
 
