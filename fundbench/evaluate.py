@@ -6,12 +6,15 @@ outcome; the runner skips cells whose record already exists, so nothing here run
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 
 from fundbench import metrics
 from fundbench.datasets import Dataset
@@ -89,9 +92,23 @@ class Context:
 Compute = Callable[[], Outcome]
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run protocol fits on one thread: on problems this small (K x C support images,
+    a few hundred test features) thread fan-out in torch and BLAS costs more than it gives."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _timed(fn: Callable[[], tuple[np.ndarray, dict, int]]) -> Outcome:
     start = time.perf_counter()
-    probs, details, n_train = fn()
+    with single_thread():
+        probs, details, n_train = fn()
     return Outcome(probs=probs, details=details, n_train=n_train,
                    fit_s=time.perf_counter() - start)
 
@@ -125,7 +142,10 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
                                "support_ids": f.train_ids[support].tolist()}
 
                     def fit() -> tuple[np.ndarray, dict, int]:
-                        model = make_adapter(adapter, n_classes, ctx, seed)
+                        text = None if adapter == "linear_probe" else ctx.text_weights
+                        model = adapter_lib.make_adapter(
+                            adapter, n_classes=n_classes, text_weights=text, seed=seed,
+                            logit_scale=ctx.logit_scale)
                         model.fit(f.train_x[support], f.train_y[support])
                         return model.predict_proba(f.test_x), details, len(support)
 
@@ -161,17 +181,6 @@ PROTOCOL_CELLS = {
     "few_shot": few_shot_cells,
     "linear_probe": linear_probe_cells,
 }
-
-
-def make_adapter(name: str, n_classes: int, ctx: Context, seed: int):
-    if name == "linear_probe":
-        return adapter_lib.LinearProbeAdapter(n_classes=n_classes)
-    if name not in adapter_lib.ADAPTERS:
-        raise ValueError(f"unknown few-shot adapter {name!r}; known: {sorted(adapter_lib.ADAPTERS)}")
-    kwargs = {"text_weights": ctx.text_weights, "logit_scale": ctx.logit_scale}
-    if name != "tip_adapter":
-        kwargs["seed"] = seed
-    return adapter_lib.ADAPTERS[name](**kwargs)
 
 
 def score(dataset: Dataset, features: Features, probs: np.ndarray, n_resamples: int) -> dict:

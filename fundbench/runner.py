@@ -131,6 +131,8 @@ def run(config: RunConfig, host: Host) -> RunSummary:
         raise ConfigError(f"--device {config.device}: CUDA is not available on this machine")
     model_entries, dataset_entries, tasks = resolve_plan(config, host)
     out = Path(config.out)
+    for stale in out.glob("records/**/.*.tmp"):  # left by a run killed mid-write
+        stale.unlink()
     summary = RunSummary(out=out)
     store = FeatureStore(Path(config.cache) if config.cache else cache_dir() / "features")
     datasets = {e.name: load_dataset(e, host, config) for e in dataset_entries}

@@ -50,6 +50,17 @@ def test_jpeg_draft_decodes_at_reduced_size(tmp_path):
     assert open_image(path).size == (1024, 1024)
 
 
+def test_draft_decoding_barely_changes_the_model_input(tmp_path):
+    """Reduced-size decoding must not change what the model sees beyond resampling noise."""
+    small = np.random.default_rng(1).integers(0, 255, (60, 90, 3), dtype=np.uint8)
+    path = tmp_path / "fundus.jpg"
+    Image.fromarray(small).resize((1800, 1200), Image.Resampling.BICUBIC).save(path, quality=90)
+    cfg = PreprocessConfig(resolution=224, crop_pct=0.875)
+    full, draft = cfg(open_image(path)), cfg(open_image(path, cfg.decode_size))
+    assert open_image(path, cfg.decode_size).size[1] < 1200  # it really decoded smaller
+    assert float((full - draft).abs().mean()) < 0.05
+
+
 def test_corrupt_and_missing_images_name_the_file(tmp_path):
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")

@@ -1,0 +1,53 @@
+"""Zero-shot classification from cached image embeddings and class text embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalisation; all-zero rows stay zero instead of becoming NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def class_prompts(templates: list[str], descriptions: list[str]) -> list[str]:
+    """Every template (containing ``{}``) filled with every description of a class."""
+    return [t.format(d) for t in templates for d in descriptions]
+
+
+def class_text_embeddings(
+    encode_texts: Callable[[list[str]], np.ndarray],
+    templates: list[str],
+    descriptions: dict[str, list[str]],
+    classes: list[str],
+) -> np.ndarray:
+    """One unit-norm text embedding per class, ``[C, D]``, in the order of ``classes``.
+
+    Each prompt embedding is normalised before averaging so that no prompt weighs
+    more because its embedding happens to be longer; the mean is normalised again.
+    """
+    rows = []
+    for name in classes:
+        if not descriptions.get(name):
+            raise KeyError(f"no text descriptions for class {name!r}")
+        prompts = class_prompts(templates, descriptions[name])
+        prompt_emb = l2_normalize(np.asarray(encode_texts(prompts)))
+        rows.append(prompt_emb.mean(axis=0))
+    return l2_normalize(np.stack(rows)).astype(np.float32)
+
+
+def zero_shot_probs(
+    image_x: np.ndarray, text_x: np.ndarray, logit_scale: float = 100.0
+) -> np.ndarray:
+    """Softmax over ``logit_scale * cos(image, class text)``; returns ``[N, C]``."""
+    logits = logit_scale * l2_normalize(image_x) @ l2_normalize(text_x).T
+    return softmax(logits)
