@@ -23,7 +23,7 @@ from fundbench.progress import console
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Benchmark retinal foundation models: zero-shot, few-shot, linear probe.")
 _state = {"debug": False}
-KINDS = ("models", "datasets", "tasks", "suites", "formats")
+KINDS = ("models", "datasets", "tasks", "suites", "formats", "trainers")
 
 
 @app.callback()
@@ -158,6 +158,29 @@ def run(
 
 
 @app.command()
+def train(
+    name: str = typer.Argument(..., help="Trainer name, e.g. keepfit_v2 (see `fundbench list trainers`)."),
+    preset: str = typer.Option("tiny", help="Configuration preset, e.g. tiny | paper."),
+    data: List[str] = typer.Option([], help="Dataset name or folder (repeatable) [default: the preset's]."),
+    out: Optional[Path] = typer.Option(None, help="Output folder for checkpoints and logs."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    set_: List[str] = typer.Option([], "--set", help="KEY=VALUE config override (repeatable)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
+):
+    """Train a model with a plugin's recipe; prints the checkpoint path."""
+    overrides = {}
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. loss.generative=0")
+        overrides[key] = value
+    trainer = _host().trainers.get(name).obj
+    path = trainer(preset=preset, data=list(data), out=out, resume=resume,
+                   overrides=overrides, device=device)
+    console.print(f"checkpoint written to {path}", highlight=False)
+
+
+@app.command()
 def report(results: Path = typer.Argument(..., help="A results folder from fundbench run."),
            output: Optional[Path] = typer.Option(None, "-o", "--output", help="HTML file [default: RESULTS/report.html].")):
     """Render an HTML report of a results folder."""
@@ -171,15 +194,13 @@ def report(results: Path = typer.Argument(..., help="A results folder from fundb
 def synth_grid(output: Path = typer.Option(Path("synthfundus-samples.png"), "-o", "--output"),
                per_class: int = typer.Option(2, help="Images per class.")):
     """Write a PNG grid of samples from the embedded synthetic suite."""
-    from fundbench.host import get_host
-    from fundbench.runner import RunConfig, load_dataset
+    from fundbench.datasets import load_dataset
     from fundbench.synth import write_sample_grid
 
     host = _host()
-    suite = host.suites.get("synthfundus").obj
     folders = []
-    for name in suite.datasets:
-        dataset = load_dataset(host.datasets.get(name), get_host(), RunConfig(models=[]))
+    for name in host.suites.get("synthfundus").obj.datasets:
+        dataset = load_dataset(name, host=host)
         folders.append(Path(dataset.table["path"].iloc[0]).parent.parent)
     write_sample_grid(folders, output, per_class=per_class)
     console.print(f"sample grid written to {output}", highlight=False)

@@ -77,6 +77,19 @@ def build_dataset(definition: DatasetDefinition, raw: pd.DataFrame, *, source: s
     return Dataset(definition, table, manifest_digest(table))
 
 
+def load_dataset(name: str, *, host=None, data_root: Path | None = None,
+                 limit: int | None = None) -> Dataset:
+    """Read a registered dataset by name (the synthetic ones are generated on first use)."""
+    if host is None:
+        from fundbench.host import get_host
+
+        host = get_host()
+    definition = host.datasets.get(name).obj
+    reader = host.formats.get(definition.format).obj
+    raw = reader(definition, data_root)
+    return build_dataset(definition, raw, source=definition.source, limit=limit)
+
+
 def assign_splits(labels: np.ndarray, patients: np.ndarray, seed: int = 0) -> np.ndarray:
     """Deterministic 60/10/30 train/val/test split grouped by patient (for unsplit data)."""
     unique = np.array(sorted(set(patients)))

@@ -49,3 +49,11 @@ def fundbench_register_dataset_formats(register: Register) -> None:
     (columns ``path, label, patient, eye, split`` and optionally ``caption``)."""
 
 
+
+
+@hookspec
+def fundbench_register_trainers(register: Register) -> None:
+    """Add training recipes for ``fundbench train NAME``: ``register(name, train)`` where
+    ``train(*, preset, data, out, resume, overrides, device) -> pathlib.Path`` trains and
+    returns the checkpoint path. ``data`` is a list of dataset names or folders (empty: the
+    recipe's default) and ``overrides`` maps dotted config keys to strings (``--set k=v``)."""

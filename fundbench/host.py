@@ -34,6 +34,7 @@ HOOK_REGISTRIES = {
     "fundbench_register_tasks": "tasks",
     "fundbench_register_suites": "suites",
     "fundbench_register_dataset_formats": "formats",
+    "fundbench_register_trainers": "trainers",
 }
 
 
@@ -48,6 +49,7 @@ class Host:
     suites: Registry = field(
         default_factory=lambda: Registry("suite", SuiteDefinition.from_mapping))
     formats: Registry = field(default_factory=lambda: Registry("format"))
+    trainers: Registry = field(default_factory=lambda: Registry("trainer"))
     plugins: list[PluginInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fundbench.datasets import Dataset, build_dataset
-from fundbench.definitions import DatasetDefinition, TaskDefinition, digest_of
+from fundbench.datasets import Dataset, load_dataset
+from fundbench.definitions import TaskDefinition, digest_of
 from fundbench.errors import ConfigError, FundbenchError, PluginError
 from fundbench.evaluate import PROTOCOL_CELLS, Context, Features, Outcome, score
 from fundbench.features import ExtractionStats, FeatureStore
@@ -96,13 +96,6 @@ def _replace(task: TaskDefinition, **changes) -> TaskDefinition:
     return replace(task, **changes)
 
 
-def load_dataset(entry: Entry, host: Host, config: RunConfig) -> Dataset:
-    definition = DatasetDefinition.from_mapping(entry.obj)
-    reader = host.formats.get(definition.format).obj
-    raw = reader(definition, config.data_root)
-    return build_dataset(definition, raw, source=definition.source, limit=config.limit)
-
-
 def build_model(entry: Entry, config: RunConfig) -> Model:
     options = dict(config.model_options.get(entry.name, {}))
     weights = config.weights.get(entry.name) or config.weights.get("")
@@ -135,7 +128,8 @@ def run(config: RunConfig, host: Host) -> RunSummary:
         stale.unlink()
     summary = RunSummary(out=out)
     store = FeatureStore(Path(config.cache) if config.cache else cache_dir() / "features")
-    datasets = {e.name: load_dataset(e, host, config) for e in dataset_entries}
+    datasets = {e.name: load_dataset(e.name, host=host, data_root=config.data_root,
+                                     limit=config.limit) for e in dataset_entries}
     run_info = {"config": _config_dict(config), "models": {}, "datasets": {
         d.id: {"manifest_digest": d.manifest_digest,
                "images": d.table["split"].value_counts().to_dict()} for d in datasets.values()},
