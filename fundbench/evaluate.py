@@ -126,14 +126,19 @@ def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, 
 
 def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
     f, n_classes = ctx.features, len(ctx.dataset.classes)
+    runnable = []
+    for adapter in task.adapters:
+        if adapter in adapter_lib.TEXT_ADAPTERS and ctx.no_text_reason:
+            # One record per adapter says why; k and seed do not apply to it.
+            cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter)
+            yield cell, lambda: Outcome(reason=ctx.no_text_reason)
+        else:
+            runnable.append(adapter)
     for k in task.shots:
         for seed in range(task.seeds):
-            for adapter in task.adapters:
+            for adapter in runnable:
                 cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter,
                             k=k, seed=seed)
-                if adapter in adapter_lib.TEXT_ADAPTERS and ctx.no_text_reason:
-                    yield cell, lambda: Outcome(reason=ctx.no_text_reason)
-                    continue
 
                 def compute(k=k, seed=seed, adapter=adapter) -> Outcome:
                     support = sampling.sample_support(f.train_y, f.train_groups, k, seed,
@@ -162,7 +167,7 @@ def linear_probe_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cel
             def fit() -> tuple[np.ndarray, dict, int]:
                 probs, info = linear_probe.fit_predict_tuned(
                     f.train_x, f.train_y, f.train_groups, f.test_x, n_classes=n_classes, seed=0)
-                info = {"C": float(info["C"]),
+                info = {**info, "C": float(info["C"]),
                         "val_scores": {str(c): float(s) for c, s in info["val_scores"].items()}}
                 return probs, info, len(f.train_y)
         elif adapter == "paper":

@@ -277,3 +277,23 @@ def test_adapter_registry():
         make_adapter("clip_adapter", n_classes=3)
     with pytest.raises(KeyError):
         make_adapter("coop", n_classes=3)
+
+
+def test_carve_validation_with_very_few_images_per_class():
+    """Two images per class (a --limit smoke run) must still split, without stratification."""
+    labels = np.repeat(np.arange(5), 2)
+    groups = np.array([f"P{i}" for i in range(10)])
+    fit_idx, val_idx = carve_validation(labels, groups, fraction=0.2, seed=0)
+    assert len(val_idx) > 0
+    assert set(groups[fit_idx]).isdisjoint(groups[val_idx])
+    assert set(labels[fit_idx]) == set(range(5))
+
+
+def test_tuned_probe_falls_back_to_paper_C_when_no_validation_can_be_carved():
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1, 2])
+    groups = np.array(["P0", "P1", "P2"])  # one patient per class: nothing can go to validation
+    x = rng.normal(size=(3, 4))
+    probs, info = fit_predict_tuned(x, labels, groups, x, n_classes=3)
+    assert info["C"] == PAPER_C and "fallback" in info
+    assert np.allclose(probs, fit_predict_fixed(x, labels, x, n_classes=3))

@@ -100,6 +100,9 @@ def test_model_without_text_tower_gets_zero_shot_not_applicable(toy_host, tmp_pa
     frame = load_results(out, include_not_applicable=True)
     zs = frame[frame["task"] == "zero_shot"]
     assert len(zs) == 1 and zs["status"].iloc[0] == "not_applicable"
+    text_na = frame[(frame["task"] == "few_shot_quick") & (frame["status"] == "not_applicable")]
+    assert sorted(text_na["adapter"]) == ["clip_adapter", "tip_adapter", "tip_adapter_f"]
+    assert text_na["k"].isna().all()  # one record per adapter, not one per k x seed
     few = frame[frame["task"] == "few_shot_quick"]
     assert set(few[few["status"] == "ok"]["adapter"]) == {"linear_probe"}
     reasons = {r.get("reason") for r in iter_records(out) if r["status"] != "ok"}
@@ -136,3 +139,44 @@ def test_user_prompt_file_overrides_and_is_checked(toy_host, tmp_path):
     record = next(iter_records(tmp_path / "o"))
     assert record["status"] == "ok"
     assert json.dumps(record["provenance"]["prompts_digest"])
+
+
+def test_model_factory_that_raises_names_the_plugin(toy_host, tmp_path):
+    from fundbench.errors import PluginError
+
+    with pytest.raises(PluginError, match=r"model 'toy_broken' from fundbench-tests 0.0 failed "
+                                          r"to build \(RuntimeError: weights server unreachable\)"):
+        run(_config(tmp_path / "o", models=["toy_broken"]), toy_host)
+    assert not (tmp_path / "o" / "records").exists()
+
+
+def test_corrupt_image_names_the_file(toy_host, toy_data, tmp_path):
+    import shutil
+
+    from fundbench.errors import DataError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(toy_data, copy)
+    victim = copy / "imgs" / "p003_OD.jpg"
+    victim.write_bytes(b"\xff\xd8\xff truncated")
+    toy_host.datasets.get("toy_csv").obj.options["path"] = str(copy)
+    with pytest.raises(DataError, match=r"p003_OD.jpg: cannot decode image"):
+        run(_config(tmp_path / "o", datasets=["toy_csv"], tasks=["linear_probe"]), toy_host)
+
+
+def test_missing_label_column_and_missing_file_are_named(toy_host, toy_data, tmp_path):
+    import shutil
+
+    from fundbench.errors import DataError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(toy_data, copy)
+    options = toy_host.datasets.get("toy_csv").obj.options
+    options["path"] = str(copy)
+    (copy / "imgs" / "p001_OS.jpg").unlink()
+    with pytest.raises(DataError, match=r"p001_OS.jpg: image listed in .* does not exist"):
+        run(_config(tmp_path / "o", datasets=["toy_csv"]), toy_host)
+    frame = pd.read_csv(copy / "labels.csv").drop(columns="diagnosis")
+    frame.to_csv(copy / "labels.csv", index=False)
+    with pytest.raises(DataError, match=r"labels.csv: missing label column 'diagnosis'"):
+        run(_config(tmp_path / "o", datasets=["toy_csv"]), toy_host)

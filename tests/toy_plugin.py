@@ -54,9 +54,14 @@ class ToyClip(Model):
         return F.normalize(torch.stack(out), dim=-1)
 
 
+def _broken_factory(**options):
+    raise RuntimeError("weights server unreachable")
+
+
 @hookimpl
 def fundbench_register_models(register):
     register("toy_clip", ToyClip, description="toy image-text model for tests")
+    register("toy_broken", _broken_factory, description="a model whose factory raises")
 
 
 @hookimpl

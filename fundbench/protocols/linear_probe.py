@@ -61,9 +61,17 @@ def fit_predict_tuned(
     to the smaller ``C`` (stronger regularisation). ``test_x`` is used only by the
     final refit's prediction. Returns the test probabilities and
     ``{"C": chosen, "val_scores": {C: balanced accuracy}}``.
+
+    When the pool is too small to carve a validation split that keeps every class on
+    the fit side (e.g. a ``--limit`` smoke run), ``C`` falls back to ``PAPER_C`` and the
+    info says so under ``"fallback"`` instead of failing the run.
     """
     _check_labels(train_y, n_classes)
-    fit_idx, val_idx = carve_validation(train_y, train_groups, seed=seed)
+    try:
+        fit_idx, val_idx = carve_validation(train_y, train_groups, seed=seed)
+    except DataError as exc:
+        probs = fit_predict_fixed(train_x, train_y, test_x, n_classes=n_classes)
+        return probs, {"C": PAPER_C, "val_scores": {}, "fallback": str(exc)}
     val_scores = _validation_path(
         train_x[fit_idx], train_y[fit_idx], train_x[val_idx], train_y[val_idx], n_classes, C_grid
     )

@@ -85,7 +85,9 @@ def carve_validation(
 def _first_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int):
     n_splits = max(2, round(1.0 / fraction))
     placeholder = np.zeros((labels.shape[0], 1))
-    if np.unique(groups).size >= n_splits:
+    # sklearn refuses to stratify when every class has fewer members than folds.
+    _, class_counts = np.unique(labels, return_counts=True)
+    if np.unique(groups).size >= n_splits and class_counts.max() >= n_splits:
         folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             # rare classes are expected; the repair step keeps them on the fit side

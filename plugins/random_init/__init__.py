@@ -14,7 +14,7 @@ from fundbench.model import state_dict_digest
 
 
 class RandomInitModel(Model):
-    def __init__(self, arch: str = "resnet50", seed: int = 0, resolution: int = 224,
+    def __init__(self, arch: str = "resnet18", seed: int = 0, resolution: int = 224,
                  device: str = "cpu") -> None:
         torch.manual_seed(seed)
         self.encoder = timm.create_model(arch, pretrained=False, num_classes=0).eval()
@@ -32,5 +32,5 @@ class RandomInitModel(Model):
 @hookimpl
 def fundbench_register_models(register):
     register("random_init", RandomInitModel,
-             description="randomly initialised timm ResNet-50 (seed 0): the floor baseline",
+             description="randomly initialised timm ResNet-18 (seed 0): the floor baseline",
              needs_weights=False)

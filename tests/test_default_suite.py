@@ -1,0 +1,46 @@
+"""The embedded default through the real command line, as in the README."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from fundbench import load_results
+
+SUITE = {"synth_dr", "synth_glaucoma", "synth_multidisease", "synth_ffa", "synth_oct"}
+
+
+def _fundbench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fundbench.cli", *args], capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_random_init_on_default_suite_writes_results_and_report(tmp_path):
+    out = tmp_path / "results"
+    proc = _fundbench("run", "--model", "random_init", "--limit", "10", "--bootstrap", "100",
+                      "--shots", "1,2", "--seeds", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "report.html").exists() and (out / "run.json").exists()
+    frame = load_results(out)
+    assert set(frame["dataset"]) == SUITE
+    assert set(frame["task"]) == {"few_shot", "linear_probe"}  # no zero-shot values
+    everything = load_results(out, include_not_applicable=True)
+    zero_shot = everything[everything["task"] == "zero_shot"]
+    assert len(zero_shot) == len(SUITE) and (zero_shot["status"] == "not_applicable").all()
+    html = (out / "report.html").read_text()
+    assert "model has no text tower" in html and "synth_oct" in html
+
+    rendered = tmp_path / "again.html"
+    proc = _fundbench("report", str(out), "-o", str(rendered))
+    assert proc.returncode == 0, proc.stderr
+    assert rendered.read_text().count("<section") == len(SUITE)
+
+
+def test_sample_grid_command_writes_a_png(tmp_path):
+    png = tmp_path / "grid.png"
+    proc = _fundbench("synth-grid", "-o", str(png), "--per-class", "1")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 300
