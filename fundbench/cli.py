@@ -14,6 +14,7 @@ from typing import List, Optional
 import click
 import typer
 import yaml
+from rich.console import Console
 from rich.table import Table
 
 from fundbench.errors import ConfigError, FundbenchError
@@ -23,6 +24,9 @@ from fundbench.progress import console
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Benchmark retinal foundation models: zero-shot, few-shot, linear probe.")
 _state = {"debug": False}
+#: Listings and summaries go to stdout (wide when piped, so names never wrap); errors,
+#: warnings and progress bars go to stderr through ``console``.
+stdout = Console() if sys.stdout.isatty() else Console(width=200)
 KINDS = ("models", "datasets", "tasks", "suites", "formats", "trainers")
 
 
@@ -54,7 +58,7 @@ def list_(kind: str = typer.Argument(..., help="models | datasets | tasks | suit
     for entry in registry:
         table.add_row(entry.name, _details(entry),
                       f"{entry.plugin.distribution} {entry.plugin.version} ({entry.plugin.name})")
-    console.print(table)
+    stdout.print(table)
 
 
 def _details(entry) -> str:
@@ -80,7 +84,7 @@ def plugins():
         table.add_column(column)
     for info in host.plugins:
         table.add_row(info.name, info.distribution, info.version)
-    console.print(table)
+    stdout.print(table)
 
 
 def _parse_weights(values: list[str]) -> dict[str, str]:
