@@ -31,4 +31,3 @@ def test_bench_decode_and_preprocess(benchmark, big_jpeg, draft):
     size = CONFIG.decode_size if draft else None
     tensor = benchmark(lambda: CONFIG(open_image(big_jpeg, size)))
     assert tuple(tensor.shape) == (3, 224, 224)
-

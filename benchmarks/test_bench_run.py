@@ -28,7 +28,7 @@ def _forward_only(model, datasets, batch_size: int) -> float:
     total = 0.0
     with torch.inference_mode():
         for i in range(0, len(tensors), batch_size):
-            batch = torch.stack(tensors[i:i + batch_size])
+            batch = torch.stack(tensors[i : i + batch_size])
             start = time.perf_counter()
             model.encode_images(batch)
             total += time.perf_counter() - start
@@ -53,11 +53,15 @@ def test_bench_cold_run_overhead_and_warm_rerun(benchmark, tmp_path, monkeypatch
     images = sum(len(d.table) for d in datasets)
     extraction_s = sum(s["total_s"] for s in cold.extraction.values())
     info = {
-        "model": MODEL, "images": images, "forward_only_s": round(forward_s, 2),
-        "cold_run_s": round(cold_s, 2), "cold_extraction_s": round(extraction_s, 2),
+        "model": MODEL,
+        "images": images,
+        "forward_only_s": round(forward_s, 2),
+        "cold_run_s": round(cold_s, 2),
+        "cold_extraction_s": round(extraction_s, 2),
         "extraction_overhead": round(extraction_s / forward_s - 1, 3),
         "cold_run_overhead": round(cold_s / forward_s - 1, 3),
-        "warm_rerun_s": round(warm_s, 2), "warm_speedup": round(cold_s / warm_s, 1),
+        "warm_rerun_s": round(warm_s, 2),
+        "warm_speedup": round(cold_s / warm_s, 1),
         "cells": cold.computed + cold.not_applicable,
     }
     benchmark.extra_info.update(info)

@@ -11,5 +11,4 @@ from fundbench.model import Model
 from fundbench.preprocess import PreprocessConfig
 from fundbench.results import load_results
 
-__all__ = ["FundbenchError", "Model", "PreprocessConfig", "hookimpl", "hookspec",
-           "load_results"]
+__all__ = ["FundbenchError", "Model", "PreprocessConfig", "hookimpl", "hookspec", "load_results"]

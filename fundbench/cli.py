@@ -9,7 +9,6 @@ import difflib
 import sys
 import traceback
 from pathlib import Path
-from typing import List, Optional
 
 import click
 import typer
@@ -21,8 +20,11 @@ from fundbench.errors import ConfigError, FundbenchError
 from fundbench.paths import DEFAULT_OUT
 from fundbench.progress import console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Benchmark retinal foundation models: zero-shot, few-shot, linear probe.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Benchmark retinal foundation models: zero-shot, few-shot, linear probe.",
+)
 _state = {"debug": False}
 #: Listings and summaries go to stdout (wide when piped, so names never wrap); errors,
 #: warnings and progress bars go to stderr through ``console``.
@@ -56,8 +58,11 @@ def list_(kind: str = typer.Argument(..., help="models | datasets | tasks | suit
     for column in ("name", "details", "plugin"):
         table.add_column(column)
     for entry in registry:
-        table.add_row(entry.name, _details(entry),
-                      f"{entry.plugin.distribution} {entry.plugin.version} ({entry.plugin.name})")
+        table.add_row(
+            entry.name,
+            _details(entry),
+            f"{entry.plugin.distribution} {entry.plugin.version} ({entry.plugin.name})",
+        )
     stdout.print(table)
 
 
@@ -110,13 +115,15 @@ def _parse_model_args(values: list[str]) -> dict[str, dict]:
     return options
 
 
-def _parse_shots(value: Optional[str]) -> Optional[list[int]]:
+def _parse_shots(value: str | None) -> list[int] | None:
     if value is None:
         return None
     try:
         shots = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--shots {value!r}: expected comma-separated integers like 1,2,4") from None
+        raise ConfigError(
+            f"--shots {value!r}: expected comma-separated integers like 1,2,4"
+        ) from None
     if not shots or min(shots) < 1:
         raise ConfigError(f"--shots {value!r}: shots must be positive integers")
     return shots
@@ -124,22 +131,26 @@ def _parse_shots(value: Optional[str]) -> Optional[list[int]]:
 
 @app.command()
 def run(
-    model: List[str] = typer.Option(..., "--model", "-m", help="Model name (repeatable)."),
-    suite: Optional[str] = typer.Option(None, help="Suite name [default: synthfundus]."),
-    dataset: List[str] = typer.Option([], "--dataset", "-d", help="Dataset (repeatable); overrides the suite's."),
-    task: List[str] = typer.Option([], "--task", "-t", help="zero_shot | few_shot | linear_probe (repeatable)."),
-    weights: List[str] = typer.Option([], help="[NAME=]PATH of a checkpoint (repeatable)."),
-    model_arg: List[str] = typer.Option([], help="MODEL.OPTION=VALUE passed to the model factory."),
-    data_root: Optional[Path] = typer.Option(None, help="Folder that holds the datasets."),
+    model: list[str] = typer.Option(..., "--model", "-m", help="Model name (repeatable)."),
+    suite: str | None = typer.Option(None, help="Suite name [default: synthfundus]."),
+    dataset: list[str] = typer.Option(
+        [], "--dataset", "-d", help="Dataset (repeatable); overrides the suite's."
+    ),
+    task: list[str] = typer.Option(
+        [], "--task", "-t", help="zero_shot | few_shot | linear_probe (repeatable)."
+    ),
+    weights: list[str] = typer.Option([], help="[NAME=]PATH of a checkpoint (repeatable)."),
+    model_arg: list[str] = typer.Option([], help="MODEL.OPTION=VALUE passed to the model factory."),
+    data_root: Path | None = typer.Option(None, help="Folder that holds the datasets."),
     out: Path = typer.Option(DEFAULT_OUT, help="Results folder."),
-    seeds: Optional[int] = typer.Option(None, help="Few-shot seeds [default: the task's, 5]."),
-    shots: Optional[str] = typer.Option(None, help="Few-shot K values, e.g. 1,2,4,8,16."),
+    seeds: int | None = typer.Option(None, help="Few-shot seeds [default: the task's, 5]."),
+    shots: str | None = typer.Option(None, help="Few-shot K values, e.g. 1,2,4,8,16."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
-    limit: Optional[int] = typer.Option(None, help="At most N images per split (smoke tests)."),
-    prompts: Optional[Path] = typer.Option(None, help="Your own zero-shot prompt YAML."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per forward pass."),
-    bootstrap: Optional[int] = typer.Option(None, help="Bootstrap resamples per cell."),
-    cache: Optional[Path] = typer.Option(None, help="Feature cache folder."),
+    limit: int | None = typer.Option(None, help="At most N images per split (smoke tests)."),
+    prompts: Path | None = typer.Option(None, help="Your own zero-shot prompt YAML."),
+    batch_size: int | None = typer.Option(None, help="Images per forward pass."),
+    bootstrap: int | None = typer.Option(None, help="Bootstrap resamples per cell."),
+    cache: Path | None = typer.Option(None, help="Feature cache folder."),
 ):
     """Evaluate models on a suite or datasets; resumes where a previous run stopped."""
     from fundbench.runner import RunConfig
@@ -149,26 +160,45 @@ def run(
         raise ConfigError(f"--seeds {seeds}: need at least 1")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: need at least 1")
-    config = RunConfig(models=model, suite=suite, datasets=dataset, tasks=task,
-                       weights=_parse_weights(weights), model_options=_parse_model_args(model_arg),
-                       data_root=data_root, out=out, seeds=seeds, shots=_parse_shots(shots),
-                       device=device, limit=limit, prompts=prompts, batch_size=batch_size,
-                       bootstrap=bootstrap, cache=cache)
+    config = RunConfig(
+        models=model,
+        suite=suite,
+        datasets=dataset,
+        tasks=task,
+        weights=_parse_weights(weights),
+        model_options=_parse_model_args(model_arg),
+        data_root=data_root,
+        out=out,
+        seeds=seeds,
+        shots=_parse_shots(shots),
+        device=device,
+        limit=limit,
+        prompts=prompts,
+        batch_size=batch_size,
+        bootstrap=bootstrap,
+        cache=cache,
+    )
     summary = run_(config, _host())
-    console.print(f"done in {summary.wall_s:.1f} s: {summary.computed} cells computed, "
-                  f"{summary.reused} reused, {summary.not_applicable} not applicable; "
-                  f"results in {summary.out}/ (report: {summary.out / 'report.html'})",
-                  highlight=False)
+    console.print(
+        f"done in {summary.wall_s:.1f} s: {summary.computed} cells computed, "
+        f"{summary.reused} reused, {summary.not_applicable} not applicable; "
+        f"results in {summary.out}/ (report: {summary.out / 'report.html'})",
+        highlight=False,
+    )
 
 
 @app.command()
 def train(
-    name: str = typer.Argument(..., help="Trainer name, e.g. keepfit_v2 (see `fundbench list trainers`)."),
+    name: str = typer.Argument(
+        ..., help="Trainer name, e.g. keepfit_v2 (see `fundbench list trainers`)."
+    ),
     preset: str = typer.Option("tiny", help="Configuration preset, e.g. tiny | paper."),
-    data: List[str] = typer.Option([], help="Dataset name or folder (repeatable) [default: the preset's]."),
-    out: Optional[Path] = typer.Option(None, help="Output folder for checkpoints and logs."),
+    data: list[str] = typer.Option(
+        [], help="Dataset name or folder (repeatable) [default: the preset's]."
+    ),
+    out: Path | None = typer.Option(None, help="Output folder for checkpoints and logs."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
-    set_: List[str] = typer.Option([], "--set", help="KEY=VALUE config override (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE config override (repeatable)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
 ):
     """Train a model with a plugin's recipe; prints the checkpoint path."""
@@ -179,14 +209,19 @@ def train(
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. loss.generative=0")
         overrides[key] = value
     trainer = _host().trainers.get(name).obj
-    path = trainer(preset=preset, data=list(data), out=out, resume=resume,
-                   overrides=overrides, device=device)
+    path = trainer(
+        preset=preset, data=list(data), out=out, resume=resume, overrides=overrides, device=device
+    )
     console.print(f"checkpoint written to {path}", highlight=False)
 
 
 @app.command()
-def report(results: Path = typer.Argument(..., help="A results folder from fundbench run."),
-           output: Optional[Path] = typer.Option(None, "-o", "--output", help="HTML file [default: RESULTS/report.html].")):
+def report(
+    results: Path = typer.Argument(..., help="A results folder from fundbench run."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="HTML file [default: RESULTS/report.html]."
+    ),
+):
     """Render an HTML report of a results folder."""
     from fundbench.report import render_report
 
@@ -195,8 +230,10 @@ def report(results: Path = typer.Argument(..., help="A results folder from fundb
 
 
 @app.command("synth-grid")
-def synth_grid(output: Path = typer.Option(Path("synthfundus-samples.png"), "-o", "--output"),
-               per_class: int = typer.Option(2, help="Images per class.")):
+def synth_grid(
+    output: Path = typer.Option(Path("synthfundus-samples.png"), "-o", "--output"),
+    per_class: int = typer.Option(2, help="Images per class."),
+):
     """Write a PNG grid of samples from the embedded synthetic suite."""
     from fundbench.datasets import load_dataset
     from fundbench.synth import write_sample_grid
@@ -220,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print("aborted")
         return 130
     except click.ClickException as exc:
-        console.print(f"error: {exc.format_message()}", highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            f"error: {exc.format_message()}", highlight=False, markup=False, soft_wrap=True
+        )
         return exc.exit_code
     except FundbenchError as exc:
         if _state["debug"]:
@@ -233,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one line unless --debug
         if _state["debug"]:
             traceback.print_exc()
-        console.print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the "
-                      "traceback)", highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         return 1
     return 0
 

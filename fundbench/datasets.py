@@ -42,8 +42,9 @@ class Dataset:
         return self.table[self.table["split"] == name]
 
 
-def build_dataset(definition: DatasetDefinition, raw: pd.DataFrame, *, source: str,
-                  limit: int | None = None) -> Dataset:
+def build_dataset(
+    definition: DatasetDefinition, raw: pd.DataFrame, *, source: str, limit: int | None = None
+) -> Dataset:
     """Check a reader's table, map labels to indices and fingerprint the images."""
     missing = [c for c in ("path", "label") if c not in raw.columns]
     if missing:
@@ -77,8 +78,9 @@ def build_dataset(definition: DatasetDefinition, raw: pd.DataFrame, *, source: s
     return Dataset(definition, table, manifest_digest(table))
 
 
-def load_dataset(name: str, *, host=None, data_root: Path | None = None,
-                 limit: int | None = None) -> Dataset:
+def load_dataset(
+    name: str, *, host=None, data_root: Path | None = None, limit: int | None = None
+) -> Dataset:
     """Read a registered dataset by name (the synthetic ones are generated on first use)."""
     if host is None:
         from fundbench.host import get_host
@@ -114,8 +116,9 @@ def image_digest(path: Path, source: str) -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
-        raise DataError(f"{path}: image listed in {source} does not exist; "
-                        "check --data-root or the label file") from None
+        raise DataError(
+            f"{path}: image listed in {source} does not exist; check --data-root or the label file"
+        ) from None
 
 
 def manifest_digest(table: pd.DataFrame) -> str:
@@ -139,5 +142,7 @@ def open_image(path: str | Path, decode_size: int | None = None) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"{path}: image file does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{path}: cannot decode image ({exc}); re-download the file or "
-                        "remove it from the label file") from None
+        raise DataError(
+            f"{path}: cannot decode image ({exc}); re-download the file or "
+            "remove it from the label file"
+        ) from None

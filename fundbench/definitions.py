@@ -161,4 +161,6 @@ def read_yaml(path: Path) -> Any:
 
 def load_definitions(folder: Path, kind: type) -> list:
     """Every ``*.yaml`` in ``folder`` parsed into ``kind`` (sorted by file name)."""
-    return [kind.from_mapping(read_yaml(p) or {}, str(p)) for p in sorted(Path(folder).glob("*.yaml"))]
+    return [
+        kind.from_mapping(read_yaml(p) or {}, str(p)) for p in sorted(Path(folder).glob("*.yaml"))
+    ]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -45,9 +45,16 @@ class Features:
         fit = (table["split"] == "train").to_numpy()
         test = (table["split"] == "test").to_numpy()
         ids = table["sha256"].str[:16].to_numpy()
-        return cls(x[fit], table["label"].to_numpy()[fit], table["patient"].to_numpy()[fit],
-                   ids[fit], x[test], table["label"].to_numpy()[test],
-                   table["patient"].to_numpy()[test], ids[test])
+        return cls(
+            x[fit],
+            table["label"].to_numpy()[fit],
+            table["patient"].to_numpy()[fit],
+            ids[fit],
+            x[test],
+            table["label"].to_numpy()[test],
+            table["patient"].to_numpy()[test],
+            ids[test],
+        )
 
 
 @dataclass
@@ -68,9 +75,16 @@ class Context:
     already never touches the model or the images.
     """
 
-    def __init__(self, model_name: str, dataset: Dataset, *, logit_scale: float,
-                 no_text_reason: str | None, load_features: Callable[[], Features],
-                 load_text_weights: Callable[[], np.ndarray]) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        dataset: Dataset,
+        *,
+        logit_scale: float,
+        no_text_reason: str | None,
+        load_features: Callable[[], Features],
+        load_text_weights: Callable[[], np.ndarray],
+    ) -> None:
         self.model_name = model_name
         self.dataset = dataset
         self.logit_scale = logit_scale
@@ -109,8 +123,7 @@ def _timed(fn: Callable[[], tuple[np.ndarray, dict, int]]) -> Outcome:
     start = time.perf_counter()
     with single_thread():
         probs, details, n_train = fn()
-    return Outcome(probs=probs, details=details, n_train=n_train,
-                   fit_s=time.perf_counter() - start)
+    return Outcome(probs=probs, details=details, n_train=n_train, fit_s=time.perf_counter() - start)
 
 
 def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
@@ -119,9 +132,18 @@ def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, 
         if ctx.no_text_reason:
             yield cell, lambda: Outcome(reason=ctx.no_text_reason)
             continue
-        yield cell, lambda: _timed(lambda: (
-            zero_shot.zero_shot_probs(ctx.features.test_x, ctx.text_weights, ctx.logit_scale),
-            {}, 0))
+        yield (
+            cell,
+            lambda: _timed(
+                lambda: (
+                    zero_shot.zero_shot_probs(
+                        ctx.features.test_x, ctx.text_weights, ctx.logit_scale
+                    ),
+                    {},
+                    0,
+                )
+            ),
+        )
 
 
 def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
@@ -137,20 +159,32 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
     for k in task.shots:
         for seed in range(task.seeds):
             for adapter in runnable:
-                cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter,
-                            k=k, seed=seed)
+                cell = Cell(
+                    ctx.model_name,
+                    ctx.dataset.id,
+                    task.name,
+                    task.protocol,
+                    adapter,
+                    k=k,
+                    seed=seed,
+                )
 
                 def compute(k=k, seed=seed, adapter=adapter) -> Outcome:
-                    support = sampling.sample_support(f.train_y, f.train_groups, k, seed,
-                                                      n_classes)
-                    details = {"support_indices": support.tolist(),
-                               "support_ids": f.train_ids[support].tolist()}
+                    support = sampling.sample_support(f.train_y, f.train_groups, k, seed, n_classes)
+                    details = {
+                        "support_indices": support.tolist(),
+                        "support_ids": f.train_ids[support].tolist(),
+                    }
 
                     def fit() -> tuple[np.ndarray, dict, int]:
                         text = None if adapter == "linear_probe" else ctx.text_weights
                         model = adapter_lib.make_adapter(
-                            adapter, n_classes=n_classes, text_weights=text, seed=seed,
-                            logit_scale=ctx.logit_scale)
+                            adapter,
+                            n_classes=n_classes,
+                            text_weights=text,
+                            seed=seed,
+                            logit_scale=ctx.logit_scale,
+                        )
                         model.fit(f.train_x[support], f.train_y[support])
                         return model.predict_proba(f.test_x), details, len(support)
 
@@ -164,18 +198,28 @@ def linear_probe_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cel
     for adapter in task.adapters:
         cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter)
         if adapter == "tuned":
+
             def fit() -> tuple[np.ndarray, dict, int]:
                 probs, info = linear_probe.fit_predict_tuned(
-                    f.train_x, f.train_y, f.train_groups, f.test_x, n_classes=n_classes, seed=0)
-                info = {**info, "C": float(info["C"]),
-                        "val_scores": {str(c): float(s) for c, s in info["val_scores"].items()}}
+                    f.train_x, f.train_y, f.train_groups, f.test_x, n_classes=n_classes, seed=0
+                )
+                info = {
+                    **info,
+                    "C": float(info["C"]),
+                    "val_scores": {str(c): float(s) for c, s in info["val_scores"].items()},
+                }
                 return probs, info, len(f.train_y)
         elif adapter == "paper":
+
             def fit() -> tuple[np.ndarray, dict, int]:
-                probs = linear_probe.fit_predict_fixed(f.train_x, f.train_y, f.test_x,
-                                                       n_classes=n_classes)
-                return probs, {"C": linear_probe.PAPER_C, "class_weight": "balanced"}, \
-                    len(f.train_y)
+                probs = linear_probe.fit_predict_fixed(
+                    f.train_x, f.train_y, f.test_x, n_classes=n_classes
+                )
+                return (
+                    probs,
+                    {"C": linear_probe.PAPER_C, "class_weight": "balanced"},
+                    len(f.train_y),
+                )
         else:
             raise ValueError(f"unknown linear_probe adapter {adapter!r}; use tuned or paper")
         yield cell, (lambda fit=fit: _timed(fit))
@@ -192,10 +236,18 @@ def score(dataset: Dataset, features: Features, probs: np.ndarray, n_resamples: 
     """Point metrics with patient-clustered bootstrap CIs."""
     kwargs = {"n_classes": len(dataset.classes), "ordinal": dataset.definition.ordinal}
     point = metrics.compute_metrics(features.test_y, probs, **kwargs)
-    ci = metrics.bootstrap_ci(features.test_y, probs, groups=features.test_groups,
-                              n_resamples=n_resamples, seed=0, **kwargs)
-    return {name: {"value": _num(value), "ci_low": _num(ci[name][0]),
-                   "ci_high": _num(ci[name][1])} for name, value in point.items()}
+    ci = metrics.bootstrap_ci(
+        features.test_y,
+        probs,
+        groups=features.test_groups,
+        n_resamples=n_resamples,
+        seed=0,
+        **kwargs,
+    )
+    return {
+        name: {"value": _num(value), "ci_low": _num(ci[name][0]), "ci_high": _num(ci[name][1])}
+        for name, value in point.items()
+    }
 
 
 def _num(x: float) -> float | None:

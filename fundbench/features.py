@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,14 @@ EXTRACTOR_VERSION = "1"
 
 
 def model_cache_key(model: Model) -> str:
-    text = "|".join([model.weights_digest, model.preprocess_config.digest(), EXTRACTOR_VERSION,
-                     type(model).__qualname__])
+    text = "|".join(
+        [
+            model.weights_digest,
+            model.preprocess_config.digest(),
+            EXTRACTOR_VERSION,
+            type(model).__qualname__,
+        ]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -61,7 +67,7 @@ class FeatureStore:
             table: dict[str, np.ndarray] = {}
             for shard in sorted(self._folder(key).glob("shard-*.npz")):
                 with np.load(shard) as data:
-                    for digest, vector in zip(data["ids"].tolist(), data["x"]):
+                    for digest, vector in zip(data["ids"].tolist(), data["x"], strict=True):
                         table[digest] = vector
             self._loaded[key] = table
         return self._loaded[key]
@@ -76,28 +82,47 @@ class FeatureStore:
 
         write_atomic(path, write)
         table = self.known(key)
-        table.update(zip(ids, x))
+        table.update(zip(ids, x, strict=True))
 
-    def embeddings(self, model: Model, paths: Sequence[str], digests: Sequence[str], *,
-                   batch_size: int | None = None,
-                   progress: Callable[[int, int], None] | None = None,
-                   stats: ExtractionStats | None = None) -> np.ndarray:
+    def embeddings(
+        self,
+        model: Model,
+        paths: Sequence[str],
+        digests: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        stats: ExtractionStats | None = None,
+    ) -> np.ndarray:
         """Embeddings [N, D] for the images, computing only those not cached yet."""
         key = model_cache_key(model)
         stats = stats if stats is not None else ExtractionStats()
         table = self.known(key)
         todo = {}
-        for path, digest in zip(paths, digests):
+        for path, digest in zip(paths, digests, strict=True):
             if digest not in table and digest not in todo:
                 todo[digest] = path
         stats.cached += len(set(digests)) - len(todo)
         if todo:
-            self._extract(model, key, list(todo.items()), batch_size or model.default_batch_size,
-                          progress, stats)
+            self._extract(
+                model,
+                key,
+                list(todo.items()),
+                batch_size or model.default_batch_size,
+                progress,
+                stats,
+            )
         return np.stack([table[d] for d in digests]).astype(np.float32)
 
-    def _extract(self, model: Model, key: str, items: list[tuple[str, str]], batch_size: int,
-                 progress: Callable[[int, int], None] | None, stats: ExtractionStats) -> None:
+    def _extract(
+        self,
+        model: Model,
+        key: str,
+        items: list[tuple[str, str]],
+        batch_size: int,
+        progress: Callable[[int, int], None] | None,
+        stats: ExtractionStats,
+    ) -> None:
         start = time.perf_counter()
         decode_size = model.preprocess_config.decode_size
 
@@ -106,7 +131,7 @@ class FeatureStore:
 
         pending_ids: list[str] = []
         pending_x: list[np.ndarray] = []
-        batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+        batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         # Decoding runs in threads (PIL releases the GIL) while the model runs the batch before.
         with ThreadPoolExecutor(max_workers=2) as pool:
             futures = [pool.submit(load, p) for _, p in batches[0]]

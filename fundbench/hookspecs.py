@@ -8,7 +8,7 @@ hooks through the same ``fundbench`` entry-point group as third-party plugins.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 
@@ -47,8 +47,6 @@ def fundbench_register_dataset_formats(register: Register) -> None:
     """Add readers for on-disk dataset layouts: ``register(format_name, reader)`` where
     ``reader(definition, data_root) -> pandas.DataFrame`` returns the sample table
     (columns ``path, label, patient, eye, split`` and optionally ``caption``)."""
-
-
 
 
 @hookspec

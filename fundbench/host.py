@@ -13,10 +13,11 @@ Environment variables:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -44,10 +45,12 @@ class Host:
 
     models: Registry = field(default_factory=lambda: Registry("model"))
     datasets: Registry = field(
-        default_factory=lambda: Registry("dataset", DatasetDefinition.from_mapping))
+        default_factory=lambda: Registry("dataset", DatasetDefinition.from_mapping)
+    )
     tasks: Registry = field(default_factory=lambda: Registry("task", TaskDefinition.from_mapping))
     suites: Registry = field(
-        default_factory=lambda: Registry("suite", SuiteDefinition.from_mapping))
+        default_factory=lambda: Registry("suite", SuiteDefinition.from_mapping)
+    )
     formats: Registry = field(default_factory=lambda: Registry("format"))
     trainers: Registry = field(default_factory=lambda: Registry("trainer"))
     plugins: list[PluginInfo] = field(default_factory=list)

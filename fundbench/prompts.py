@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fundbench_tasks import TASKS_DIR
+
 from fundbench.definitions import DatasetDefinition, digest_of, read_yaml
 from fundbench.errors import ConfigError
-from fundbench_tasks import TASKS_DIR
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,9 @@ def _parse(data: dict, source: str, classes: tuple[str, ...]) -> PromptSet:
             raise ConfigError(f"{source}: template {t!r} must contain exactly one '{{}}'")
     missing = [c for c in classes if c not in data["classes"]]
     if missing:
-        raise ConfigError(f"{source}: no descriptions for class(es) {missing}; "
-                          "add them under 'classes'")
+        raise ConfigError(
+            f"{source}: no descriptions for class(es) {missing}; add them under 'classes'"
+        )
     descriptions = {c: tuple(data["classes"][c]) for c in classes}
     empty = [c for c, d in descriptions.items() if not d]
     if empty:
@@ -55,8 +57,9 @@ def load_prompts(definition: DatasetDefinition, user_file: Path | None = None) -
         data = read_yaml(user_file)
         if isinstance(data, dict) and "datasets" in data:
             if definition.id not in data["datasets"]:
-                raise ConfigError(f"{user_file}: no prompts for dataset {definition.id!r} "
-                                  f"under 'datasets'")
+                raise ConfigError(
+                    f"{user_file}: no prompts for dataset {definition.id!r} under 'datasets'"
+                )
             data = data["datasets"][definition.id]
         return _parse(data, str(user_file), definition.classes)
     if definition.prompts is None:

@@ -8,8 +8,19 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("fundbench", "torch", "torchvision", "timm", "transformers", "numpy",
-            "scikit-learn", "scipy", "pandas", "pillow", "pluggy")
+PACKAGES = (
+    "fundbench",
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "pandas",
+    "pillow",
+    "pluggy",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -25,10 +36,21 @@ def git_commit() -> str | None:
     """The commit of the fundbench source tree, with ``-dirty`` if it has local changes."""
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True, timeout=5).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
         return commit + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -7,8 +7,9 @@ code that produced it, and unknown names get "did you mean" suggestions.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 from fundbench.errors import ConfigError
 

@@ -10,15 +10,20 @@ from pathlib import Path
 
 import jinja2
 import pandas as pd
+from fundbench_reports import TEMPLATES_DIR
 
 from fundbench.atomic import write_text_atomic
 from fundbench.errors import DataError
 from fundbench.results import iter_records, load_results
-from fundbench_reports import TEMPLATES_DIR
 
 HEADLINE = "aca"
-METRIC_LABELS = {"aca": "ACA", "accuracy": "Acc", "macro_f1": "F1", "auroc": "AUROC",
-                 "kappa": "κ (quadratic)"}
+METRIC_LABELS = {
+    "aca": "ACA",
+    "accuracy": "Acc",
+    "macro_f1": "F1",
+    "auroc": "AUROC",
+    "kappa": "κ (quadratic)",
+}
 
 
 def _fmt(value: float, low: float, high: float) -> str:
@@ -33,10 +38,12 @@ def _single_cell_tables(frame: pd.DataFrame) -> dict[str, list[dict]]:
     single = frame[frame["k"].isna()]
     tables: dict[str, list[dict]] = {}
     for (dataset, model, task, adapter), part in single.groupby(
-            ["dataset", "model", "task", "adapter"], sort=True):
+        ["dataset", "model", "task", "adapter"], sort=True
+    ):
         cells = {r.metric: _fmt(r.value, r.ci_low, r.ci_high) for r in part.itertuples()}
         tables.setdefault(dataset, []).append(
-            {"model": model, "task": task, "adapter": adapter, "metrics": cells})
+            {"model": model, "task": task, "adapter": adapter, "metrics": cells}
+        )
     return tables
 
 
@@ -46,9 +53,11 @@ def _few_shot_tables(frame: pd.DataFrame) -> tuple[dict[str, list[dict]], list[i
     tables: dict[str, list[dict]] = {}
     stats = few.groupby(["dataset", "model", "adapter", "k"])["value"].agg(["mean", "std", "count"])
     for (dataset, model, adapter), part in stats.groupby(level=[0, 1, 2]):
-        by_k = {int(k): f"{row['mean']:.3f} ± {0 if pd.isna(row['std']) else row['std']:.3f} "
-                        f"(n={int(row['count'])})"
-                for (_, _, _, k), row in part.iterrows()}
+        by_k = {
+            int(k): f"{row['mean']:.3f} ± {0 if pd.isna(row['std']) else row['std']:.3f} "
+            f"(n={int(row['count'])})"
+            for (_, _, _, k), row in part.iterrows()
+        }
         tables.setdefault(dataset, []).append({"model": model, "adapter": adapter, "by_k": by_k})
     return tables, shots
 
@@ -61,7 +70,9 @@ def _not_applicable(results: Path) -> list[dict]:
             key = (c["model"], c["dataset"], c["task"], c["adapter"], record.get("reason"))
             if key not in seen:
                 seen.add(key)
-                rows.append(dict(zip(("model", "dataset", "task", "adapter", "reason"), key)))
+                rows.append(
+                    dict(zip(("model", "dataset", "task", "adapter", "reason"), key, strict=True))
+                )
     return rows
 
 
@@ -73,15 +84,22 @@ def render_report(results: str | Path, output: str | Path) -> Path:
     if frame.empty and not run_info:
         raise DataError(f"{results}: no result records to report")
     few_shot, shots = _few_shot_tables(frame)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
     html = env.get_template("report.html.j2").render(
         title=f"fundbench report: {results.name}",
         datasets=sorted(frame["dataset"].unique()) if not frame.empty else [],
-        single=_single_cell_tables(frame), few_shot=few_shot, shots=shots,
+        single=_single_cell_tables(frame),
+        few_shot=few_shot,
+        shots=shots,
         metrics=[m for m in METRIC_LABELS if m in set(frame["metric"])],
-        metric_labels=METRIC_LABELS, not_applicable=_not_applicable(results),
-        run=run_info, run_json=json.dumps(run_info.get("environment", {}), indent=1),
+        metric_labels=METRIC_LABELS,
+        not_applicable=_not_applicable(results),
+        run=run_info,
+        run_json=json.dumps(run_info.get("environment", {}), indent=1),
     )
     write_text_atomic(output, html)
     return output

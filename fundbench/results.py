@@ -21,8 +21,22 @@ from fundbench.errors import DataError
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schema" / f"result-{SCHEMA_VERSION}.json"
-TIDY_COLUMNS = ["model", "dataset", "task", "protocol", "adapter", "k", "seed", "metric",
-                "value", "ci_low", "ci_high", "n_classes", "n_test", "status"]
+TIDY_COLUMNS = [
+    "model",
+    "dataset",
+    "task",
+    "protocol",
+    "adapter",
+    "k",
+    "seed",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n_classes",
+    "n_test",
+    "status",
+]
 
 
 @dataclass(frozen=True)
@@ -46,8 +60,14 @@ class Cell:
         return "-".join(parts) + ".json"
 
     def path(self, out: Path) -> Path:
-        return Path(out) / "records" / _safe(self.model) / _safe(self.dataset) / \
-            _safe(self.task) / _safe(self.filename())
+        return (
+            Path(out)
+            / "records"
+            / _safe(self.model)
+            / _safe(self.dataset)
+            / _safe(self.task)
+            / _safe(self.filename())
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -102,8 +122,12 @@ def load_results(path: str | Path, *, include_not_applicable: bool = False) -> p
         raise DataError(f"{root}: no results here (expected a records/ folder from fundbench run)")
     rows = []
     for record in iter_records(root):
-        base = {**record["cell"], "n_classes": record.get("n_classes"),
-                "n_test": record.get("n_test"), "status": record["status"]}
+        base = {
+            **record["cell"],
+            "n_classes": record.get("n_classes"),
+            "n_test": record.get("n_test"),
+            "status": record["status"],
+        }
         if record["status"] != "ok":
             if include_not_applicable:
                 rows.append({**base, "metric": None, "value": float("nan")})

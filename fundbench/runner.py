@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fundbench.atomic import write_json_atomic
 from fundbench.datasets import Dataset, load_dataset
 from fundbench.definitions import TaskDefinition, digest_of
 from fundbench.errors import ConfigError, FundbenchError, PluginError
@@ -22,13 +23,12 @@ from fundbench.features import ExtractionStats, FeatureStore
 from fundbench.host import Host
 from fundbench.model import Model
 from fundbench.paths import DEFAULT_OUT, cache_dir
-from fundbench.progress import console, make_progress, progress_callback
+from fundbench.progress import make_progress, progress_callback
 from fundbench.prompts import load_prompts
 from fundbench.protocols import zero_shot
 from fundbench.provenance import environment
 from fundbench.registry import Entry
 from fundbench.results import SCHEMA_VERSION, Cell, read_record, write_record
-from fundbench.atomic import write_json_atomic
 
 #: Bump when protocol code changes numbers for the same inputs (invalidates old records).
 EVAL_VERSION = "1"
@@ -66,7 +66,9 @@ class RunSummary:
     extraction: dict = field(default_factory=dict)
 
 
-def resolve_plan(config: RunConfig, host: Host) -> tuple[list[Entry], list[Entry], list[TaskDefinition]]:
+def resolve_plan(
+    config: RunConfig, host: Host
+) -> tuple[list[Entry], list[Entry], list[TaskDefinition]]:
     """Check every name before any heavy work; unknown names fail with suggestions."""
     models = [host.models.get(name) for name in config.models]
     suite = host.suites.get(config.suite or DEFAULT_SUITE).obj
@@ -85,8 +87,10 @@ def resolve_plan(config: RunConfig, host: Host) -> tuple[list[Entry], list[Entry
     if unknown:
         raise ConfigError(f"--weights names model(s) {sorted(unknown)} that are not in --model")
     if "" in config.weights and len(config.models) > 1:
-        raise ConfigError("--weights PATH without NAME= is ambiguous with several --model; "
-                          "use --weights NAME=PATH")
+        raise ConfigError(
+            "--weights PATH without NAME= is ambiguous with several --model; "
+            "use --weights NAME=PATH"
+        )
     return models, datasets, tasks
 
 
@@ -106,15 +110,20 @@ def build_model(entry: Entry, config: RunConfig) -> Model:
     except FundbenchError:
         raise
     except TypeError as exc:
-        raise ConfigError(f"model {entry.name!r} does not accept these options "
-                          f"{sorted(options)}: {exc}") from None
+        raise ConfigError(
+            f"model {entry.name!r} does not accept these options {sorted(options)}: {exc}"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a plugin bug, attributed to its distribution
-        raise PluginError(f"model {entry.name!r} from {entry.plugin.distribution} "
-                          f"{entry.plugin.version} failed to build "
-                          f"({type(exc).__name__}: {exc})") from exc
+        raise PluginError(
+            f"model {entry.name!r} from {entry.plugin.distribution} "
+            f"{entry.plugin.version} failed to build "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(model, Model):
-        raise PluginError(f"model {entry.name!r} from {entry.plugin.distribution}: factory "
-                          f"returned {type(model).__name__}, not a fundbench.Model")
+        raise PluginError(
+            f"model {entry.name!r} from {entry.plugin.distribution}: factory "
+            f"returned {type(model).__name__}, not a fundbench.Model"
+        )
     return model.to(config.device)
 
 
@@ -128,12 +137,23 @@ def run(config: RunConfig, host: Host) -> RunSummary:
         stale.unlink()
     summary = RunSummary(out=out)
     store = FeatureStore(Path(config.cache) if config.cache else cache_dir() / "features")
-    datasets = {e.name: load_dataset(e.name, host=host, data_root=config.data_root,
-                                     limit=config.limit) for e in dataset_entries}
-    run_info = {"config": _config_dict(config), "models": {}, "datasets": {
-        d.id: {"manifest_digest": d.manifest_digest,
-               "images": d.table["split"].value_counts().to_dict()} for d in datasets.values()},
-        "environment": environment(config.device), "plugin_problems": host.problems}
+    datasets = {
+        e.name: load_dataset(e.name, host=host, data_root=config.data_root, limit=config.limit)
+        for e in dataset_entries
+    }
+    run_info = {
+        "config": _config_dict(config),
+        "models": {},
+        "datasets": {
+            d.id: {
+                "manifest_digest": d.manifest_digest,
+                "images": d.table["split"].value_counts().to_dict(),
+            }
+            for d in datasets.values()
+        },
+        "environment": environment(config.device),
+        "plugin_problems": host.problems,
+    }
     for entry in model_entries:
         model = build_model(entry, config)
         run_info["models"][entry.name] = {**model.describe(), "plugin": entry.plugin.as_dict()}
@@ -142,9 +162,15 @@ def run(config: RunConfig, host: Host) -> RunSummary:
             if stats is not None:
                 summary.extraction[f"{entry.name}/{dataset.id}"] = stats.as_dict()
     summary.wall_s = time.perf_counter() - start
-    run_info.update(extraction=summary.extraction, wall_s=round(summary.wall_s, 3),
-                    cells={"computed": summary.computed, "reused": summary.reused,
-                           "not_applicable": summary.not_applicable})
+    run_info.update(
+        extraction=summary.extraction,
+        wall_s=round(summary.wall_s, 3),
+        cells={
+            "computed": summary.computed,
+            "reused": summary.reused,
+            "not_applicable": summary.not_applicable,
+        },
+    )
     write_json_atomic(out / "run.json", run_info)
     if config.report:
         from fundbench.report import render_report
@@ -153,31 +179,52 @@ def run(config: RunConfig, host: Host) -> RunSummary:
     return summary
 
 
-def _run_pair(entry: Entry, model: Model, dataset: Dataset, tasks: list[TaskDefinition],
-              config: RunConfig, store: FeatureStore, summary: RunSummary) -> ExtractionStats | None:
+def _run_pair(
+    entry: Entry,
+    model: Model,
+    dataset: Dataset,
+    tasks: list[TaskDefinition],
+    config: RunConfig,
+    store: FeatureStore,
+    summary: RunSummary,
+) -> ExtractionStats | None:
     prompts = load_prompts(dataset.definition, config.prompts)
     base = {
-        "model": entry.name, "weights_digest": model.weights_digest,
+        "model": entry.name,
+        "weights_digest": model.weights_digest,
         "preprocess_digest": model.preprocess_config.digest(),
         "dataset_manifest_digest": dataset.manifest_digest,
-        "prompts_digest": prompts.digest if prompts else None, "eval_version": EVAL_VERSION,
+        "prompts_digest": prompts.digest if prompts else None,
+        "eval_version": EVAL_VERSION,
     }
     modality_reason = None
     if dataset.definition.modality not in model.modalities:
-        modality_reason = (f"model does not support modality {dataset.definition.modality!r} "
-                           f"(supports {sorted(model.modalities)})")
+        modality_reason = (
+            f"model does not support modality {dataset.definition.modality!r} "
+            f"(supports {sorted(model.modalities)})"
+        )
     stats = ExtractionStats()
-    ctx = Context(entry.name, dataset, logit_scale=float(model.logit_scale),
-                  no_text_reason=_no_text_reason(model, dataset, prompts),
-                  load_features=lambda: _features(entry.name, model, dataset, config, store, stats),
-                  load_text_weights=lambda: _text_weights(model, dataset, prompts))
+    ctx = Context(
+        entry.name,
+        dataset,
+        logit_scale=float(model.logit_scale),
+        no_text_reason=_no_text_reason(model, dataset, prompts),
+        load_features=lambda: _features(entry.name, model, dataset, config, store, stats),
+        load_text_weights=lambda: _text_weights(model, dataset, prompts),
+    )
     # Which cells still need work? Decided before extraction so a warm rerun reads nothing.
     plan = []
     for task in tasks:
         task_digest = digest_of(task.__dict__ | {"source": None})
         for cell, compute in PROTOCOL_CELLS[task.protocol](ctx, task):
-            fingerprint = digest_of({**base, "task_digest": task_digest,
-                                     "cell": cell.as_dict(), "bootstrap": task.bootstrap})
+            fingerprint = digest_of(
+                {
+                    **base,
+                    "task_digest": task_digest,
+                    "cell": cell.as_dict(),
+                    "bootstrap": task.bootstrap,
+                }
+            )
             old = read_record(cell.path(config.out))
             if old is not None and old.get("fingerprint") == fingerprint:
                 summary.reused += 1
@@ -185,17 +232,27 @@ def _run_pair(entry: Entry, model: Model, dataset: Dataset, tasks: list[TaskDefi
             plan.append((task, task_digest, cell, compute, fingerprint))
     if not plan:
         return None
-    provenance = {**environment(config.device), "plugin": entry.plugin.as_dict(),
-                  "weights_digest": model.weights_digest,
-                  "dataset_manifest_digest": dataset.manifest_digest,
-                  "preprocess_digest": base["preprocess_digest"],
-                  "prompts_digest": base["prompts_digest"]}
+    provenance = {
+        **environment(config.device),
+        "plugin": entry.plugin.as_dict(),
+        "weights_digest": model.weights_digest,
+        "dataset_manifest_digest": dataset.manifest_digest,
+        "preprocess_digest": base["preprocess_digest"],
+        "prompts_digest": base["prompts_digest"],
+    }
     with make_progress() as progress:
         bar = progress.add_task(f"{entry.name} / {dataset.id}", total=len(plan))
         for task, task_digest, cell, compute, fingerprint in plan:
             outcome = Outcome(reason=modality_reason) if modality_reason else compute()
-            record = _record(cell, outcome, dataset, ctx, task, fingerprint,
-                             {**provenance, "task_digest": task_digest})
+            record = _record(
+                cell,
+                outcome,
+                dataset,
+                ctx,
+                task,
+                fingerprint,
+                {**provenance, "task_digest": task_digest},
+            )
             write_record(config.out, record)
             if outcome.reason:
                 summary.not_applicable += 1
@@ -213,12 +270,24 @@ def _no_text_reason(model: Model, dataset: Dataset, prompts) -> str | None:
     return None
 
 
-def _features(name: str, model: Model, dataset: Dataset, config: RunConfig,
-              store: FeatureStore, stats: ExtractionStats) -> Features:
+def _features(
+    name: str,
+    model: Model,
+    dataset: Dataset,
+    config: RunConfig,
+    store: FeatureStore,
+    stats: ExtractionStats,
+) -> Features:
     table = dataset.table
     with progress_callback(f"embedding {dataset.id} with {name}") as report:
-        x = store.embeddings(model, table["path"].tolist(), table["sha256"].tolist(),
-                             batch_size=config.batch_size, progress=report, stats=stats)
+        x = store.embeddings(
+            model,
+            table["path"].tolist(),
+            table["sha256"].tolist(),
+            batch_size=config.batch_size,
+            progress=report,
+            stats=stats,
+        )
     return Features.from_dataset(dataset, x)
 
 
@@ -227,29 +296,55 @@ def _text_weights(model: Model, dataset: Dataset, prompts) -> np.ndarray:
         with torch.inference_mode():
             return model.encode_texts(texts).float().cpu().numpy()
 
-    return zero_shot.class_text_embeddings(encode, list(prompts.templates),
-                                           prompts.descriptions, list(dataset.classes))
+    return zero_shot.class_text_embeddings(
+        encode, list(prompts.templates), prompts.descriptions, list(dataset.classes)
+    )
 
 
-def _record(cell: Cell, outcome: Outcome, dataset: Dataset, ctx: Context, task: TaskDefinition,
-            fingerprint: str, provenance: dict) -> dict:
+def _record(
+    cell: Cell,
+    outcome: Outcome,
+    dataset: Dataset,
+    ctx: Context,
+    task: TaskDefinition,
+    fingerprint: str,
+    provenance: dict,
+) -> dict:
     classes = list(dataset.classes)
-    record = {"schema_version": SCHEMA_VERSION, "cell": cell.as_dict(), "fingerprint": fingerprint,
-              "n_classes": len(classes), "classes": classes, "provenance": provenance}
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "cell": cell.as_dict(),
+        "fingerprint": fingerprint,
+        "n_classes": len(classes),
+        "classes": classes,
+        "provenance": provenance,
+    }
     if outcome.reason:
         return {**record, "status": "not_applicable", "reason": outcome.reason}
     t0 = time.perf_counter()
     f = ctx.features
     metrics = score(dataset, f, outcome.probs, task.bootstrap)
-    return {**record, "status": "ok", "reason": None, "n_train": outcome.n_train,
-            "n_test": int(len(f.test_y)), "metrics": metrics,
-            "ci": {"method": "percentile bootstrap", "n_resamples": task.bootstrap,
-                   "confidence": 0.95, "clustered_by": "patient"},
-            "details": outcome.details,
-            "predictions": {"image_ids": f.test_ids.tolist(), "y_true": f.test_y.tolist(),
-                            "probs": np.round(outcome.probs, 6).tolist()},
-            "timing": {"fit_s": round(outcome.fit_s, 4),
-                       "score_s": round(time.perf_counter() - t0, 4)}}
+    return {
+        **record,
+        "status": "ok",
+        "reason": None,
+        "n_train": outcome.n_train,
+        "n_test": int(len(f.test_y)),
+        "metrics": metrics,
+        "ci": {
+            "method": "percentile bootstrap",
+            "n_resamples": task.bootstrap,
+            "confidence": 0.95,
+            "clustered_by": "patient",
+        },
+        "details": outcome.details,
+        "predictions": {
+            "image_ids": f.test_ids.tolist(),
+            "y_true": f.test_y.tolist(),
+            "probs": np.round(outcome.probs, 6).tolist(),
+        },
+        "timing": {"fit_s": round(outcome.fit_s, 4), "score_s": round(time.perf_counter() - t0, 4)},
+    }
 
 
 def _config_dict(config: RunConfig) -> dict:

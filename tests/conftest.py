@@ -14,10 +14,10 @@ from PIL import Image
 # Every test process (and the subprocesses it starts) uses a private cache.
 os.environ.setdefault("FUNDBENCH_CACHE", tempfile.mkdtemp(prefix="fundbench-test-cache-"))
 
+import toy_plugin  # noqa: E402  (tests/ is on sys.path via rootdir conftest)
+
 from fundbench.host import Host  # noqa: E402
 from fundbench.registry import PluginInfo  # noqa: E402
-
-import toy_plugin  # noqa: E402  (tests/ is on sys.path via rootdir conftest)
 
 TOY_CLASSES = ("red", "green", "blue")
 
@@ -37,8 +37,9 @@ def make_toy_csv_dataset(root: Path, n_patients: int = 24, size: int = 48) -> Pa
             pixels[..., label] += 50
             name = f"imgs/p{p:03d}_{eye}.jpg"
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name)
-            rows.append({"image": name, "diagnosis": TOY_CLASSES[label],
-                         "patient_id": f"P{p}", "eye": eye})
+            rows.append(
+                {"image": name, "diagnosis": TOY_CLASSES[label], "patient_id": f"P{p}", "eye": eye}
+            )
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     return root
 

@@ -13,14 +13,28 @@ SUITE = {"synth_dr", "synth_glaucoma", "synth_multidisease", "synth_ffa", "synth
 
 
 def _fundbench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fundbench.cli", *args], capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "fundbench.cli", *args], capture_output=True, text=True, timeout=900
+    )
 
 
 def test_random_init_on_default_suite_writes_results_and_report(tmp_path):
     out = tmp_path / "results"
-    proc = _fundbench("run", "--model", "random_init", "--limit", "10", "--bootstrap", "100",
-                      "--shots", "1,2", "--seeds", "2", "--out", str(out))
+    proc = _fundbench(
+        "run",
+        "--model",
+        "random_init",
+        "--limit",
+        "10",
+        "--bootstrap",
+        "100",
+        "--shots",
+        "1,2",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert (out / "report.html").exists() and (out / "run.json").exists()
     frame = load_results(out)

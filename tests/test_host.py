@@ -40,8 +40,12 @@ def test_plugin_raising_in_hook_is_reported_and_skipped():
         register("half_registered", object)
         raise RuntimeError("boom")
 
-    assert host.add_plugin(_plugin(fundbench_register_models=good), PluginInfo("good", "good-dist", "1.0"))
-    assert not host.add_plugin(_plugin(fundbench_register_models=bad), PluginInfo("bad", "bad-dist", "2.0"))
+    assert host.add_plugin(
+        _plugin(fundbench_register_models=good), PluginInfo("good", "good-dist", "1.0")
+    )
+    assert not host.add_plugin(
+        _plugin(fundbench_register_models=bad), PluginInfo("bad", "bad-dist", "2.0")
+    )
     assert host.models.names() == ["good_model"]  # nothing of the broken plugin survives
     assert len(host.problems) == 1
     assert "bad-dist 2.0" in host.problems[0] and "boom" in host.problems[0]

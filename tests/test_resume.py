@@ -37,8 +37,9 @@ def _records(out: Path) -> list[Path]:
 
 def test_kill_9_then_rerun_matches_uninterrupted_run(toy_host, toy_data, tmp_path):
     killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"
-    script = SCRIPT.format(tests=str(Path(__file__).parent), data=str(toy_data),
-                           out=str(killed_out))
+    script = SCRIPT.format(
+        tests=str(Path(__file__).parent), data=str(toy_data), out=str(killed_out)
+    )
     proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ))
     deadline = time.monotonic() + 300
     while len(_records(killed_out)) < 4 and proc.poll() is None and time.monotonic() < deadline:
@@ -48,8 +49,9 @@ def test_kill_9_then_rerun_matches_uninterrupted_run(toy_host, toy_data, tmp_pat
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     partial = len(_records(killed_out))
 
-    summary = run(RunConfig(models=["toy_clip"], suite="toy", out=killed_out, bootstrap=1000),
-                  toy_host)
+    summary = run(
+        RunConfig(models=["toy_clip"], suite="toy", out=killed_out, bootstrap=1000), toy_host
+    )
     assert summary.reused >= partial >= 4
     run(RunConfig(models=["toy_clip"], suite="toy", out=clean_out, bootstrap=1000), toy_host)
 

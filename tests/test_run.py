@@ -14,8 +14,13 @@ from fundbench.runner import RunConfig, run
 
 
 def _config(out, **kw) -> RunConfig:
-    return RunConfig(models=kw.pop("models", ["toy_clip"]), suite="toy", out=out,
-                     bootstrap=kw.pop("bootstrap", 50), **kw)
+    return RunConfig(
+        models=kw.pop("models", ["toy_clip"]),
+        suite="toy",
+        out=out,
+        bootstrap=kw.pop("bootstrap", 50),
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -51,7 +56,17 @@ def test_every_protocol_and_adapter_runs_for_a_text_model(toy_run):
     assert toy[toy["task"] == "zero_shot"]["k"].isna().all()
     aca = toy[(toy["metric"] == "aca") & (toy["task"] == "linear_probe")]["value"]
     assert (aca > 0.6).all(), aca  # colour-tinted toy classes are learnable
-    for column in ["model", "dataset", "task", "adapter", "k", "seed", "metric", "value", "n_classes"]:
+    for column in [
+        "model",
+        "dataset",
+        "task",
+        "adapter",
+        "k",
+        "seed",
+        "metric",
+        "value",
+        "n_classes",
+    ]:
         assert column in frame.columns
     assert (frame["n_classes"] == 3).all()
     assert ((frame["ci_low"] <= frame["value"] + 1e-9) | frame["ci_low"].isna()).all()
@@ -94,9 +109,18 @@ def test_deleted_records_are_recomputed_identically(toy_run):
 
 def test_model_without_text_tower_gets_zero_shot_not_applicable(toy_host, tmp_path):
     out = tmp_path / "r"
-    run(RunConfig(models=["random_init"], suite="toy", datasets=["toy_csv"],
-                  model_options={"random_init": {"arch": "resnet18", "resolution": 32}},
-                  tasks=["zero_shot", "few_shot_quick"], out=out, bootstrap=20), toy_host)
+    run(
+        RunConfig(
+            models=["random_init"],
+            suite="toy",
+            datasets=["toy_csv"],
+            model_options={"random_init": {"arch": "resnet18", "resolution": 32}},
+            tasks=["zero_shot", "few_shot_quick"],
+            out=out,
+            bootstrap=20,
+        ),
+        toy_host,
+    )
     frame = load_results(out, include_not_applicable=True)
     zs = frame[frame["task"] == "zero_shot"]
     assert len(zs) == 1 and zs["status"].iloc[0] == "not_applicable"
@@ -131,8 +155,13 @@ def test_bad_names_fail_before_any_work(toy_host, tmp_path):
 def test_user_prompt_file_overrides_and_is_checked(toy_host, tmp_path):
     bad = tmp_path / "prompts.yaml"
     bad.write_text("templates: ['{}']\nclasses: {red: [red]}\n")
-    with pytest.raises(ConfigError, match=r"prompts.yaml: no descriptions for class\(es\) \['green', 'blue'\]"):
-        run(_config(tmp_path / "o", datasets=["toy_csv"], tasks=["zero_shot"], prompts=bad), toy_host)
+    with pytest.raises(
+        ConfigError, match=r"prompts.yaml: no descriptions for class\(es\) \['green', 'blue'\]"
+    ):
+        run(
+            _config(tmp_path / "o", datasets=["toy_csv"], tasks=["zero_shot"], prompts=bad),
+            toy_host,
+        )
     good = tmp_path / "good.yaml"
     good.write_text("templates: ['{}']\nclasses: {red: [red], green: [green], blue: [blue]}\n")
     run(_config(tmp_path / "o", datasets=["toy_csv"], tasks=["zero_shot"], prompts=good), toy_host)
@@ -144,8 +173,11 @@ def test_user_prompt_file_overrides_and_is_checked(toy_host, tmp_path):
 def test_model_factory_that_raises_names_the_plugin(toy_host, tmp_path):
     from fundbench.errors import PluginError
 
-    with pytest.raises(PluginError, match=r"model 'toy_broken' from fundbench-tests 0.0 failed "
-                                          r"to build \(RuntimeError: weights server unreachable\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"model 'toy_broken' from fundbench-tests 0.0 failed "
+        r"to build \(RuntimeError: weights server unreachable\)",
+    ):
         run(_config(tmp_path / "o", models=["toy_broken"]), toy_host)
     assert not (tmp_path / "o" / "records").exists()
 

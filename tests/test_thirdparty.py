@@ -12,7 +12,7 @@ import pytest
 
 from fundbench import load_results
 
-PLUGIN_SOURCE = '''
+PLUGIN_SOURCE = """
 import torch
 from fundbench import Model, PreprocessConfig, hookimpl
 from fundbench.model import state_dict_digest
@@ -36,22 +36,23 @@ class TinyNet(Model):
 @hookimpl
 def fundbench_register_models(register):
     register("acme_tiny", TinyNet, description="ACME's tiny CNN")
-'''
+"""
 
-BROKEN_SOURCE = '''
+BROKEN_SOURCE = """
 from fundbench import hookimpl
 
 @hookimpl
 def fundbench_register_models(register):
     raise RuntimeError("the ACME licence server is unreachable")
-'''
+"""
 
 
 def _package(root: Path, dist: str, module: str, source: str) -> Path:
     folder = root / dist
     folder.mkdir()
     (folder / f"{module}.py").write_text(source)
-    (folder / "pyproject.toml").write_text(textwrap.dedent(f'''
+    (folder / "pyproject.toml").write_text(
+        textwrap.dedent(f'''
         [build-system]
         requires = ["setuptools>=61"]
         build-backend = "setuptools.build_meta"
@@ -62,7 +63,8 @@ def _package(root: Path, dist: str, module: str, source: str) -> Path:
         {module} = "{module}"
         [tool.setuptools]
         py-modules = ["{module}"]
-    '''))
+    ''')
+    )
     return folder
 
 
@@ -72,16 +74,35 @@ def installed(tmp_path_factory) -> dict:
     target = root / "site"
     good = _package(root, "acme-fundbench", "acme_fundbench", PLUGIN_SOURCE)
     bad = _package(root, "broken-fundbench", "broken_fundbench", BROKEN_SOURCE)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(good), str(bad)],
-                   check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(good),
+            str(bad),
+        ],
+        check=True,
+        timeout=300,
+    )
     env = dict(os.environ, PYTHONPATH=str(target))
     return {"env": env, "root": root}
 
 
 def _fundbench(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fundbench.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "fundbench.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_installed_plugin_is_listed_and_broken_one_reported(installed):
@@ -98,16 +119,37 @@ def test_installed_plugin_is_listed_and_broken_one_reported(installed):
 
 def test_installed_plugin_runs_few_shot_and_linear_probe(installed):
     out = installed["root"] / "results"
-    proc = _fundbench(installed["env"], "run", "--model", "acme_tiny", "--dataset",
-                      "synth_glaucoma", "--task", "few_shot", "--task", "linear_probe",
-                      "--shots", "1,2", "--seeds", "2", "--limit", "24", "--bootstrap", "50",
-                      "--out", str(out))
+    proc = _fundbench(
+        installed["env"],
+        "run",
+        "--model",
+        "acme_tiny",
+        "--dataset",
+        "synth_glaucoma",
+        "--task",
+        "few_shot",
+        "--task",
+        "linear_probe",
+        "--shots",
+        "1,2",
+        "--seeds",
+        "2",
+        "--limit",
+        "24",
+        "--bootstrap",
+        "50",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     frame = load_results(out)
     assert set(frame["task"]) == {"few_shot", "linear_probe"}
     assert set(frame["model"]) == {"acme_tiny"}
     import json
+
     record = json.loads(next((out / "records").rglob("*.json")).read_text())
-    assert record["provenance"]["plugin"] == {"plugin": "acme_fundbench",
-                                              "distribution": "acme-fundbench",
-                                              "version": "1.2.3"}
+    assert record["provenance"]["plugin"] == {
+        "plugin": "acme_fundbench",
+        "distribution": "acme-fundbench",
+        "version": "1.2.3",
+    }

@@ -31,13 +31,16 @@ class ToyClip(Model):
     pretraining_datasets = ("toy_pretrain",)
 
     def __init__(self, resolution: int = 16) -> None:
-        self.preprocess_config = PreprocessConfig(resolution=resolution, mode="stretch",
-                                                  mean=None, std=None)
+        self.preprocess_config = PreprocessConfig(
+            resolution=resolution, mode="stretch", mean=None, std=None
+        )
         generator = torch.Generator().manual_seed(0)
         self.projection = torch.randn(3 * 8 * 8, DIM, generator=generator)
         # Tie colour words to the colour channels so zero-shot has something to find.
         colour = {"red": 0, "green": 1, "blue": 2}
-        self.colour_vectors = {w: self.projection[c * 64:(c + 1) * 64].mean(0) for w, c in colour.items()}
+        self.colour_vectors = {
+            w: self.projection[c * 64 : (c + 1) * 64].mean(0) for w, c in colour.items()
+        }
         self.weights_digest = hashlib.sha256(self.projection.numpy().tobytes()).hexdigest()
 
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
@@ -66,28 +69,55 @@ def fundbench_register_models(register):
 
 @hookimpl
 def fundbench_register_datasets(register):
-    register("toy_csv", {
-        "id": "toy_csv", "modality": "cfp", "classes": ["red", "green", "blue"],
-        "format": "csv", "prompts": str(Path(__file__).parent / "toy_prompts.yaml"),
-        "options": {"path": str(DATA_DIR), "file": "labels.csv",
-                    "columns": {"path": "image", "label": "diagnosis", "patient": "patient_id"}},
-    })
-    register("toy_oct", {
-        "id": "toy_oct", "modality": "oct", "classes": ["red", "green", "blue"],
-        "format": "csv",
-        "options": {"path": str(DATA_DIR), "columns": {"path": "image", "label": "diagnosis"}},
-    })
+    register(
+        "toy_csv",
+        {
+            "id": "toy_csv",
+            "modality": "cfp",
+            "classes": ["red", "green", "blue"],
+            "format": "csv",
+            "prompts": str(Path(__file__).parent / "toy_prompts.yaml"),
+            "options": {
+                "path": str(DATA_DIR),
+                "file": "labels.csv",
+                "columns": {"path": "image", "label": "diagnosis", "patient": "patient_id"},
+            },
+        },
+    )
+    register(
+        "toy_oct",
+        {
+            "id": "toy_oct",
+            "modality": "oct",
+            "classes": ["red", "green", "blue"],
+            "format": "csv",
+            "options": {"path": str(DATA_DIR), "columns": {"path": "image", "label": "diagnosis"}},
+        },
+    )
 
 
 @hookimpl
 def fundbench_register_tasks(register):
-    register("few_shot_quick", {"name": "few_shot_quick", "protocol": "few_shot",
-                                "shots": [1, 4], "seeds": 2, "bootstrap": 50,
-                                "adapters": ["linear_probe", "clip_adapter", "tip_adapter",
-                                             "tip_adapter_f"]})
+    register(
+        "few_shot_quick",
+        {
+            "name": "few_shot_quick",
+            "protocol": "few_shot",
+            "shots": [1, 4],
+            "seeds": 2,
+            "bootstrap": 50,
+            "adapters": ["linear_probe", "clip_adapter", "tip_adapter", "tip_adapter_f"],
+        },
+    )
 
 
 @hookimpl
 def fundbench_register_suites(register):
-    register("toy", {"name": "toy", "datasets": ["toy_csv", "toy_oct"],
-                     "tasks": ["zero_shot", "few_shot_quick", "linear_probe"]})
+    register(
+        "toy",
+        {
+            "name": "toy",
+            "datasets": ["toy_csv", "toy_oct"],
+            "tasks": ["zero_shot", "few_shot_quick", "linear_probe"],
+        },
+    )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from fundbench.definitions import (DatasetDefinition, SuiteDefinition, TaskDefinition,
-                                   load_definitions)
-from fundbench.hookspecs import hookimpl
 from fundbench_tasks import TASKS_DIR
+
+from fundbench.definitions import (
+    DatasetDefinition,
+    SuiteDefinition,
+    TaskDefinition,
+    load_definitions,
+)
+from fundbench.hookspecs import hookimpl
 
 
 @hookimpl

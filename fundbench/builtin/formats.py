@@ -24,8 +24,10 @@ def _dataset_dir(definition: DatasetDefinition, data_root: Path | None) -> Path:
     root = Path(data_root) if data_root else Path.cwd()
     path = root / rel
     if not path.exists():
-        raise DataError(f"{path}: folder for dataset {definition.id!r} not found; "
-                        "pass --data-root pointing at the folder that contains it")
+        raise DataError(
+            f"{path}: folder for dataset {definition.id!r} not found; "
+            "pass --data-root pointing at the folder that contains it"
+        )
     return path
 
 
@@ -40,11 +42,17 @@ def read_csv_table(csv_path: Path, base: Path, columns: dict[str, str]) -> pd.Da
     for ours in ("path", "label"):
         theirs = columns.get(ours, ours)
         if theirs not in raw.columns:
-            raise DataError(f"{csv_path}: missing {ours} column {theirs!r}; "
-                            f"found {list(raw.columns)}; set options.columns.{ours}")
-    table = pd.DataFrame({ours: raw[columns.get(ours, ours)] for ours in
-                          ("path", "label", "patient", "eye", "split", "caption")
-                          if columns.get(ours, ours) in raw.columns})
+            raise DataError(
+                f"{csv_path}: missing {ours} column {theirs!r}; "
+                f"found {list(raw.columns)}; set options.columns.{ours}"
+            )
+    table = pd.DataFrame(
+        {
+            ours: raw[columns.get(ours, ours)]
+            for ours in ("path", "label", "patient", "eye", "split", "caption")
+            if columns.get(ours, ours) in raw.columns
+        }
+    )
     table["path"] = [str((base / p).resolve()) for p in table["path"]]
     return table
 
@@ -61,7 +69,7 @@ def read_imagefolder(definition: DatasetDefinition, data_root: Path | None) -> p
     folder = _dataset_dir(definition, data_root)
     has_splits = any((folder / s).is_dir() for s in ("train", "val", "test"))
     rows = []
-    for split_dir in ([folder / s for s in ("train", "val", "test")] if has_splits else [folder]):
+    for split_dir in [folder / s for s in ("train", "val", "test")] if has_splits else [folder]:
         if not split_dir.is_dir():
             continue
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):

@@ -14,14 +14,16 @@ from fundbench.model import state_dict_digest
 
 
 class RandomInitModel(Model):
-    def __init__(self, arch: str = "resnet18", seed: int = 0, resolution: int = 224,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self, arch: str = "resnet18", seed: int = 0, resolution: int = 224, device: str = "cpu"
+    ) -> None:
         torch.manual_seed(seed)
         self.encoder = timm.create_model(arch, pretrained=False, num_classes=0).eval()
         self.name = f"random_init[{arch},seed={seed}]"
         self.embed_dim = self.encoder.num_features
-        self.preprocess_config = PreprocessConfig(resolution=resolution, mode="center_crop",
-                                                  crop_pct=0.875)
+        self.preprocess_config = PreprocessConfig(
+            resolution=resolution, mode="center_crop", crop_pct=0.875
+        )
         self.weights_digest = state_dict_digest(self.encoder)
         self.to(device)
 
@@ -31,6 +33,9 @@ class RandomInitModel(Model):
 
 @hookimpl
 def fundbench_register_models(register):
-    register("random_init", RandomInitModel,
-             description="randomly initialised timm ResNet-18 (seed 0): the floor baseline",
-             needs_weights=False)
+    register(
+        "random_init",
+        RandomInitModel,
+        description="randomly initialised timm ResNet-18 (seed 0): the floor baseline",
+        needs_weights=False,
+    )
