@@ -13,7 +13,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import jsonschema
 import pandas as pd
 
 from fundbench.atomic import write_json_atomic
@@ -79,7 +78,9 @@ def _safe(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _validator() -> jsonschema.protocols.Validator:
+def _validator():
+    import jsonschema  # only runs that write or check records need it
+
     schema = json.loads(SCHEMA_PATH.read_text())
     return jsonschema.Draft202012Validator(schema)
 

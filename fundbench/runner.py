@@ -8,7 +8,8 @@ rerun after Ctrl-C or kill -9 finishes the missing cells and ends with the same 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,11 +78,11 @@ def resolve_plan(
     for name in config.tasks or suite.tasks:
         task = TaskDefinition.from_mapping(host.tasks.get(name).obj)
         if config.seeds is not None and task.protocol == "few_shot":
-            task = _replace(task, seeds=config.seeds)
+            task = replace(task, seeds=config.seeds)
         if config.shots is not None and task.protocol == "few_shot":
-            task = _replace(task, shots=tuple(config.shots))
+            task = replace(task, shots=tuple(config.shots))
         if config.bootstrap is not None:
-            task = _replace(task, bootstrap=config.bootstrap)
+            task = replace(task, bootstrap=config.bootstrap)
         tasks.append(task)
     unknown = set(config.weights) - set(config.models) - {""}
     if unknown:
@@ -94,30 +95,34 @@ def resolve_plan(
     return models, datasets, tasks
 
 
-def _replace(task: TaskDefinition, **changes) -> TaskDefinition:
-    from dataclasses import replace
-
-    return replace(task, **changes)
-
-
 def build_model(entry: Entry, config: RunConfig) -> Model:
+    """Call a model's factory with the user's options, weights and (if it takes one) device."""
     options = dict(config.model_options.get(entry.name, {}))
     weights = config.weights.get(entry.name) or config.weights.get("")
     if weights:
         options["weights"] = weights
     try:
+        signature = inspect.signature(entry.obj)
+    except (TypeError, ValueError):  # some callables have no signature: just call them
+        signature = None
+    if signature is not None:
+        if "device" in signature.parameters:
+            options.setdefault("device", config.device)
+        try:
+            signature.bind(**options)
+        except TypeError as exc:
+            raise ConfigError(
+                f"model {entry.name!r} does not accept the options {sorted(options)} ({exc}); "
+                "check --weights and --model-arg"
+            ) from None
+    try:
         model = entry.obj(**options)
     except FundbenchError:
         raise
-    except TypeError as exc:
-        raise ConfigError(
-            f"model {entry.name!r} does not accept these options {sorted(options)}: {exc}"
-        ) from None
     except Exception as exc:  # noqa: BLE001 - a plugin bug, attributed to its distribution
         raise PluginError(
             f"model {entry.name!r} from {entry.plugin.distribution} "
-            f"{entry.plugin.version} failed to build "
-            f"({type(exc).__name__}: {exc})"
+            f"{entry.plugin.version} failed to build ({type(exc).__name__}: {exc})"
         ) from exc
     if not isinstance(model, Model):
         raise PluginError(

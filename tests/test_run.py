@@ -212,3 +212,10 @@ def test_missing_label_column_and_missing_file_are_named(toy_host, toy_data, tmp
     frame.to_csv(copy / "labels.csv", index=False)
     with pytest.raises(DataError, match=r"labels.csv: missing label column 'diagnosis'"):
         run(_config(tmp_path / "o", datasets=["toy_csv"]), toy_host)
+
+
+def test_options_a_model_does_not_take_fail_clearly(toy_host, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"model 'toy_clip' does not accept the options \['weights'\]"
+    ):
+        run(_config(tmp_path, weights={"toy_clip": __file__}), toy_host)
