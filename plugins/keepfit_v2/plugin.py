@@ -1,0 +1,106 @@
+"""fundbench hooks: the ``keepfit_v2`` model (evaluation) and the ``keepfit_v2`` trainer.
+
+``fundbench run --model keepfit_v2`` without ``--weights`` trains the tiny preset once into
+``<cache>/keepfit_v2/<digest>/`` (digest of the full config plus the training code version)
+and evaluates that checkpoint; later runs reuse it. With ``--weights FILE`` the checkpoint is
+loaded safely and strictly (a keepfit_v2 checkpoint or a released V1 state dict).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from fundbench_keepfit_v2.checkpoint import load_model
+from fundbench_keepfit_v2.config import make_config
+from fundbench_keepfit_v2.data import preprocess_config
+from fundbench_keepfit_v2.text import tokenize
+
+from fundbench import Model, hookimpl
+from fundbench.model import file_digest
+from fundbench.paths import cache_dir
+
+#: Bump when a training-code change alters the weights a config produces (new cache folder).
+TRAINING_VERSION = "1"
+
+
+def cached_run_dir(config) -> Path:
+    key = hashlib.sha256(f"{config.digest()}|{TRAINING_VERSION}".encode()).hexdigest()[:16]
+    return cache_dir() / "keepfit_v2" / f"{config.preset}-{key}"
+
+
+def ensure_trained(preset: str = "tiny", overrides: dict | None = None,
+                   device: str = "cpu") -> Path:
+    """The cached checkpoint for (preset, overrides), training it first if missing."""
+    from fundbench_keepfit_v2.train import FINAL, LAST, run
+
+    config = make_config(preset, {k: str(v) for k, v in (overrides or {}).items()})
+    folder = cached_run_dir(config)
+    if (folder / FINAL).is_file():
+        return folder / FINAL
+    return run(config, folder, resume=(folder / LAST).is_file(), device=device)
+
+
+class KeepFITV2Model(Model):
+    """KeepFIT V2 embeddings: 512-d projected, L2-normalised image and text vectors."""
+
+    def __init__(self, weights: str | None = None, preset: str = "tiny", device: str = "cpu",
+                 **overrides) -> None:
+        if weights:
+            if overrides:
+                raise_options = ", ".join(sorted(overrides))
+                from fundbench.errors import ConfigError
+
+                raise ConfigError(f"keepfit_v2: options {raise_options} configure training and "
+                                  "cannot be combined with --weights")
+            path = Path(weights)
+        else:
+            path = ensure_trained(preset, overrides, device)
+        loaded = load_model(path)
+        self.net = loaded.model.eval()
+        self.tokenizer = loaded.tokenizer
+        self.config = loaded.config
+        kind = loaded.meta.get("kind") or "model"
+        self.name = f"keepfit_v2[{loaded.config.preset}]" if kind != "v1" else "keepfit_v1"
+        self.embed_dim = loaded.config.model.proj_dim
+        self.pretraining_datasets = tuple(loaded.pretraining_datasets)
+        self.preprocess_config = preprocess_config(loaded.config.vision.resolution)
+        self.weights_digest = file_digest(str(path))
+        self.checkpoint_path = path
+        with torch.no_grad():
+            self.logit_scale = float(self.net.scale())
+        self.to(device)
+
+    def to(self, device) -> KeepFITV2Model:
+        super().to(device)
+        self.net.to(memory_format=torch.channels_last)
+        return self
+
+    @torch.inference_mode()
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.net.encode_image(batch)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        enc = tokenize(self.tokenizer, texts, self.config.text.max_length)
+        return self.net.encode_text(enc["input_ids"].to(self.device),
+                                    enc["attention_mask"].to(self.device))
+
+
+@hookimpl
+def fundbench_register_models(register):
+    register("keepfit_v2", KeepFITV2Model,
+             description="KeepFIT V2 (MM-Retinal V2): V1 ResNet+BERT dual encoder with MLM "
+                         "text pretraining and hybrid contrastive+generative knowledge "
+                         "injection; trains its tiny preset on first use",
+             modalities=("cfp", "ffa", "oct"), paper="arXiv 2501.15798",
+             needs_weights=False)
+
+
+@hookimpl
+def fundbench_register_trainers(register):
+    from fundbench_keepfit_v2.train import train
+
+    register("keepfit_v2", train)
