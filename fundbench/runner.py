@@ -7,8 +7,8 @@ rerun after Ctrl-C or kill -9 finishes the missing cells and ends with the same 
 
 from __future__ import annotations
 
-import time
 import inspect
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from fundbench.registry import Entry
 from fundbench.results import SCHEMA_VERSION, Cell, read_record, write_record
 
 #: Bump when protocol code changes numbers for the same inputs (invalidates old records).
-EVAL_VERSION = "1"
+EVAL_VERSION = "2"  # 2: the tuned linear probe standardises features
 DEFAULT_SUITE = "synthfundus"
 
 

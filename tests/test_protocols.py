@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
 from fundbench.errors import DataError
 from fundbench.protocols import (
@@ -153,10 +154,13 @@ def test_tuned_probe_selection_ignores_test_set():
     assert info_a == info_b
     assert probs_a.shape == (50, 3) and probs_b.shape == (17, 3)
     np.testing.assert_allclose(probs_b.sum(axis=1), 1.0, atol=1e-9)
-    # the returned model is a refit on the full pool with the chosen C
-    np.testing.assert_allclose(
-        probs_a, fit_predict_fixed(x, y, test_a, n_classes=3, C=info_a["C"]), atol=1e-12
+    # the returned model is a refit on the full, standardised pool with the chosen C
+    scaler = StandardScaler().fit(x)
+    expected = fit_predict_fixed(
+        scaler.transform(x), y, scaler.transform(test_a), n_classes=3, C=info_a["C"]
     )
+    np.testing.assert_allclose(probs_a, expected, atol=1e-12)
+    assert info_a["standardised"] is True
     assert len(info_a["val_scores"]) == 11 and info_a["C"] in info_a["val_scores"]
 
 
