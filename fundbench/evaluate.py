@@ -147,7 +147,7 @@ def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, 
 
 
 def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
-    f, n_classes = ctx.features, len(ctx.dataset.classes)
+    n_classes = len(ctx.dataset.classes)  # features are read only when a cell computes
     runnable = []
     for adapter in task.adapters:
         if adapter in adapter_lib.TEXT_ADAPTERS and ctx.no_text_reason:
@@ -170,6 +170,7 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
                 )
 
                 def compute(k=k, seed=seed, adapter=adapter) -> Outcome:
+                    f = ctx.features
                     support = sampling.sample_support(f.train_y, f.train_groups, k, seed, n_classes)
                     details = {
                         "support_indices": support.tolist(),
@@ -194,12 +195,13 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
 
 
 def linear_probe_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
-    f, n_classes = ctx.features, len(ctx.dataset.classes)
+    n_classes = len(ctx.dataset.classes)  # features are read only when a cell computes
     for adapter in task.adapters:
         cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter)
         if adapter == "tuned":
 
             def fit() -> tuple[np.ndarray, dict, int]:
+                f = ctx.features
                 probs, info = linear_probe.fit_predict_tuned(
                     f.train_x, f.train_y, f.train_groups, f.test_x, n_classes=n_classes, seed=0
                 )
@@ -212,6 +214,7 @@ def linear_probe_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cel
         elif adapter == "paper":
 
             def fit() -> tuple[np.ndarray, dict, int]:
+                f = ctx.features
                 probs = linear_probe.fit_predict_fixed(
                     f.train_x, f.train_y, f.test_x, n_classes=n_classes
                 )

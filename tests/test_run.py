@@ -219,3 +219,26 @@ def test_options_a_model_does_not_take_fail_clearly(toy_host, tmp_path):
         ConfigError, match=r"model 'toy_clip' does not accept the options \['weights'\]"
     ):
         run(_config(tmp_path, weights={"toy_clip": __file__}), toy_host)
+
+
+def test_model_never_embeds_unsupported_modality_or_cached_cells(toy_host, tmp_path, monkeypatch):
+    import toy_plugin
+
+    seen = []
+    original = toy_plugin.ToyClip.encode_images
+
+    def spy(self, batch):
+        seen.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(toy_plugin.ToyClip, "encode_images", spy)
+    cache = tmp_path / "cache"
+    summary = run(_config(tmp_path / "o", datasets=["toy_oct"], cache=cache), toy_host)
+    assert summary.not_applicable > 0 and summary.computed == 0
+    assert seen == []  # the OCT images were never embedded by a CFP-only model
+
+    run(_config(tmp_path / "o2", datasets=["toy_csv"], cache=cache), toy_host)
+    embedded = sum(seen)
+    assert embedded == 48
+    run(_config(tmp_path / "o2", datasets=["toy_csv"], cache=cache), toy_host)
+    assert sum(seen) == embedded  # warm rerun: every cell recorded, no forward pass
