@@ -24,6 +24,8 @@ from fundbench.model import Model
 
 #: Bump when the extraction changes in a way that alters embeddings.
 EXTRACTOR_VERSION = "1"
+#: Threads decoding the next batch while the model runs the current one.
+DECODE_THREADS = 2
 
 
 def model_cache_key(model: Model) -> str:
@@ -133,7 +135,7 @@ class FeatureStore:
         pending_x: list[np.ndarray] = []
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         # Decoding runs in threads (PIL releases the GIL) while the model runs the batch before.
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             futures = [pool.submit(load, p) for _, p in batches[0]]
             for i, batch in enumerate(batches):
                 t0 = time.perf_counter()
