@@ -14,7 +14,7 @@ from fundbench_reports import TEMPLATES_DIR
 
 from fundbench.atomic import write_text_atomic
 from fundbench.errors import DataError
-from fundbench.results import iter_records, load_results
+from fundbench.results import load_results
 
 HEADLINE = "aca"
 METRIC_LABELS = {
@@ -62,23 +62,17 @@ def _few_shot_tables(frame: pd.DataFrame) -> tuple[dict[str, list[dict]], list[i
     return tables, shots
 
 
-def _not_applicable(results: Path) -> list[dict]:
-    seen, rows = set(), []
-    for record in iter_records(results):
-        if record["status"] == "not_applicable":
-            c = record["cell"]
-            key = (c["model"], c["dataset"], c["task"], c["adapter"], record.get("reason"))
-            if key not in seen:
-                seen.add(key)
-                rows.append(
-                    dict(zip(("model", "dataset", "task", "adapter", "reason"), key, strict=True))
-                )
-    return rows
+def _not_applicable(frame: pd.DataFrame) -> list[dict]:
+    """One row per (model, dataset, task, adapter, reason) that was not applicable."""
+    rows = frame[frame["status"] == "not_applicable"]
+    columns = ["model", "dataset", "task", "adapter", "reason"]
+    return rows[columns].drop_duplicates().to_dict("records")
 
 
 def render_report(results: str | Path, output: str | Path) -> Path:
     results, output = Path(results), Path(output)
-    frame = load_results(results)
+    everything = load_results(results, include_not_applicable=True)  # one read of the records
+    frame = everything[everything["status"] == "ok"]
     run_path = results / "run.json"
     run_info = json.loads(run_path.read_text()) if run_path.exists() else {}
     if frame.empty and not run_info:
@@ -97,7 +91,7 @@ def render_report(results: str | Path, output: str | Path) -> Path:
         shots=shots,
         metrics=[m for m in METRIC_LABELS if m in set(frame["metric"])],
         metric_labels=METRIC_LABELS,
-        not_applicable=_not_applicable(results),
+        not_applicable=_not_applicable(everything),
         run=run_info,
         run_json=json.dumps(run_info.get("environment", {}), indent=1),
     )

@@ -35,6 +35,7 @@ TIDY_COLUMNS = [
     "n_classes",
     "n_test",
     "status",
+    "reason",
 ]
 
 
@@ -114,9 +115,9 @@ def load_results(path: str | Path, *, include_not_applicable: bool = False) -> p
     """All records under a results folder as a tidy table, one row per metric value.
 
     Columns: model, dataset, task, protocol, adapter, k, seed, metric, value, ci_low,
-    ci_high, n_classes, n_test, status. ``k`` and ``seed`` are empty (<NA>) where they do
-    not apply. Not-applicable cells appear only with ``include_not_applicable=True``, as one
-    row with an empty metric and value.
+    ci_high, n_classes, n_test, status, reason. ``k`` and ``seed`` are empty (<NA>) where
+    they do not apply. Not-applicable cells appear only with ``include_not_applicable=True``,
+    as one row with an empty metric and value and the ``reason``.
     """
     root = Path(path)
     if not (root / "records").is_dir():
@@ -128,6 +129,7 @@ def load_results(path: str | Path, *, include_not_applicable: bool = False) -> p
             "n_classes": record.get("n_classes"),
             "n_test": record.get("n_test"),
             "status": record["status"],
+            "reason": record.get("reason"),
         }
         if record["status"] != "ok":
             if include_not_applicable:

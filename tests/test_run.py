@@ -78,6 +78,7 @@ def test_unsupported_modality_is_not_applicable_not_an_error(toy_run):
     oct_rows = frame[frame["dataset"] == "toy_oct"]
     assert len(oct_rows) > 0 and (oct_rows["status"] == "not_applicable").all()
     assert oct_rows["value"].isna().all()
+    assert oct_rows["reason"].str.contains("does not support modality 'oct'").all()
     assert load_results(out).query("dataset == 'toy_oct'").empty
 
 
