@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 
 from fundbench import load_results
 from fundbench.errors import ConfigError
+from fundbench.prompts import load_prompts
 from fundbench.results import iter_records, validate_record
 from fundbench.runner import RunConfig, run
 
@@ -168,7 +167,10 @@ def test_user_prompt_file_overrides_and_is_checked(toy_host, tmp_path):
     run(_config(tmp_path / "o", datasets=["toy_csv"], tasks=["zero_shot"], prompts=good), toy_host)
     record = next(iter_records(tmp_path / "o"))
     assert record["status"] == "ok"
-    assert json.dumps(record["provenance"]["prompts_digest"])
+    definition = toy_host.datasets.get("toy_csv").obj
+    user_digest = load_prompts(definition, good).digest
+    assert record["provenance"]["prompts_digest"] == user_digest
+    assert user_digest != load_prompts(definition).digest  # not the dataset's own prompts
 
 
 def test_model_factory_that_raises_names_the_plugin(toy_host, tmp_path):
