@@ -8,6 +8,8 @@ by SHA-256 and derives the manifest digest that goes into results.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +17,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from fundbench.atomic import write_json_atomic
 from fundbench.definitions import DatasetDefinition
 from fundbench.errors import DataError
+from fundbench.paths import cache_dir
 
 COLUMNS = ("path", "label", "patient", "eye", "split")
 SPLITS = ("train", "val", "test")
@@ -74,7 +78,7 @@ def build_dataset(
     if limit:
         table = _limit(table, limit)
     table = table.reset_index(drop=True)
-    table["sha256"] = [image_digest(Path(p), source) for p in table["path"]]
+    table["sha256"] = fingerprint_images(table["path"].tolist(), source, definition.id)
     return Dataset(definition, table, manifest_digest(table))
 
 
@@ -110,6 +114,36 @@ def _limit(table: pd.DataFrame, limit: int) -> pd.DataFrame:
         rank = part.groupby("label").cumcount()
         parts.append(part.assign(_rank=rank).sort_values(["_rank", "label"]).head(limit))
     return pd.concat(parts).drop(columns="_rank").sort_index()
+
+
+def fingerprint_images(paths: list[str], source: str, dataset_id: str) -> list[str]:
+    """SHA-256 of every image, read from disk only when (path, size, mtime) is new.
+
+    A real dataset can be tens of GB; hashing it on every run would dominate warm reruns.
+    Known digests live in ``<cache>/fingerprints/<dataset_id>.json``.
+    """
+    cache_file = cache_dir() / "fingerprints" / f"{dataset_id}.json"
+    try:
+        known = json.loads(cache_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        known = {}
+    digests, new = [], 0
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            raise DataError(
+                f"{path}: image listed in {source} does not exist; "
+                "check --data-root or the label file"
+            ) from None
+        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in known:
+            known[key] = image_digest(Path(path), source)
+            new += 1
+        digests.append(known[key])
+    if new:
+        write_json_atomic(cache_file, known)
+    return digests
 
 
 def image_digest(path: Path, source: str) -> str:

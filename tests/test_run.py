@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -245,3 +248,28 @@ def test_model_never_embeds_unsupported_modality_or_cached_cells(toy_host, tmp_p
     assert embedded == 48
     run(_config(tmp_path / "o2", datasets=["toy_csv"], cache=cache), toy_host)
     assert sum(seen) == embedded  # warm rerun: every cell recorded, no forward pass
+
+
+def test_images_are_hashed_once_until_they_change(toy_data, tmp_path, monkeypatch):
+    import shutil
+
+    from fundbench import datasets
+
+    monkeypatch.setenv("FUNDBENCH_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "copy"
+    shutil.copytree(toy_data, copy)
+    paths = sorted(str(p) for p in (copy / "imgs").glob("*.jpg"))
+    hashed = []
+    original = datasets.image_digest
+    monkeypatch.setattr(datasets, "image_digest", lambda p, s: hashed.append(p) or original(p, s))
+
+    first = datasets.fingerprint_images(paths, "labels.csv", "toy")
+    assert len(hashed) == len(paths)
+    assert datasets.fingerprint_images(paths, "labels.csv", "toy") == first
+    assert len(hashed) == len(paths)  # second call read no image
+
+    changed = Path(paths[0])
+    changed.write_bytes(changed.read_bytes() + b"\x00")
+    os.utime(changed, ns=(1, 1))
+    again = datasets.fingerprint_images(paths, "labels.csv", "toy")
+    assert len(hashed) == len(paths) + 1 and again[0] != first[0] and again[1:] == first[1:]
