@@ -18,6 +18,7 @@ from fundbench_keepfit_v2.data import preprocess_config
 from fundbench_keepfit_v2.text import tokenize
 
 from fundbench import Model, hookimpl
+from fundbench.errors import ConfigError
 from fundbench.model import file_digest
 from fundbench.paths import cache_dir
 
@@ -49,11 +50,8 @@ class KeepFITV2Model(Model):
                  **overrides) -> None:
         if weights:
             if overrides:
-                raise_options = ", ".join(sorted(overrides))
-                from fundbench.errors import ConfigError
-
-                raise ConfigError(f"keepfit_v2: options {raise_options} configure training and "
-                                  "cannot be combined with --weights")
+                raise ConfigError(f"keepfit_v2: options {', '.join(sorted(overrides))} configure "
+                                  "training and cannot be combined with --weights")
             path = Path(weights)
         else:
             path = ensure_trained(preset, overrides, device)
