@@ -248,3 +248,12 @@ def test_plugin_registers_model_and_trainer():
 
     assert host.trainers.get("keepfit_v2").obj is train
     assert not [p for p in host.problems if "keepfit_v2" in p]
+
+
+def test_training_options_cannot_be_combined_with_weights(tmp_path):
+    from fundbench_keepfit_v2.plugin import KeepFITV2Model
+
+    from fundbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"options stage2\.steps configure training"):
+        KeepFITV2Model(weights=str(tmp_path / "never_read.pt"), **{"stage2.steps": 5})
