@@ -59,7 +59,7 @@ def list_(kind: str = typer.Argument(..., help="models | datasets | tasks | suit
         table.add_column(column)
     for entry in registry:
         table.add_row(
-            entry.name,
+            f"{entry.name}:<name>" if entry.metadata.get("family") else entry.name,
             _details(entry),
             f"{entry.plugin.distribution} {entry.plugin.version} ({entry.plugin.name})",
         )
@@ -151,6 +151,9 @@ def run(
     batch_size: int | None = typer.Option(None, help="Images per forward pass."),
     bootstrap: int | None = typer.Option(None, help="Bootstrap resamples per cell."),
     cache: Path | None = typer.Option(None, help="Feature cache folder."),
+    config: Path | None = typer.Option(
+        None, help="Run config YAML with 'weights' and 'model_args' [default: $FUNDBENCH_CONFIG]."
+    ),
 ):
     """Evaluate models on a suite or datasets; resumes where a previous run stopped."""
     from fundbench.runner import RunConfig
@@ -177,6 +180,7 @@ def run(
         batch_size=batch_size,
         bootstrap=bootstrap,
         cache=cache,
+        config_file=config,
     )
     summary = run_(config, _host())
     console.print(

@@ -35,6 +35,7 @@ def model_cache_key(model: Model) -> str:
             model.preprocess_config.digest(),
             EXTRACTOR_VERSION,
             type(model).__qualname__,
+            model.variant,
         ]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -36,6 +36,12 @@ class Model(abc.ABC):
     device: torch.device = torch.device("cpu")
     #: Multiplier applied to cosine similarities in zero-shot (CLIP's exp(logit_scale)).
     logit_scale: float = 100.0
+    #: Which embedding the same weights give (e.g. FLAIR's "projected" vs "backbone"
+    #: features); part of the feature-cache key, so variants never share cached vectors.
+    variant: str = ""
+    #: The model's own zero-shot templates (e.g. FLAIR's "A fundus photograph of {}"); used
+    #: with the dataset's class descriptions unless the user passes --prompts.
+    prompt_templates: tuple[str, ...] | None = None
     default_batch_size: ClassVar[int] = 32
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -53,6 +59,12 @@ class Model(abc.ABC):
     @property
     def has_text_tower(self) -> bool:
         return type(self).encode_texts is not Model.encode_texts
+
+    @property
+    def text_unavailable_reason(self) -> str | None:
+        """Why zero-shot cannot run (reported on its cells), or None when it can. Override
+        when a text tower exists but is unusable, e.g. its tokenizer is not on this disk."""
+        return None if self.has_text_tower else "model has no text tower"
 
     def to(self, device: str | torch.device) -> Model:
         """Move the model's modules to ``device``; override if they are not found below."""
@@ -73,6 +85,7 @@ class Model(abc.ABC):
             "preprocess_digest": self.preprocess_config.digest(),
             "weights_digest": self.weights_digest,
             "has_text_tower": self.has_text_tower,
+            "variant": self.variant,
         }
 
 

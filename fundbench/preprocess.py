@@ -38,6 +38,8 @@ class PreprocessConfig:
                          right/bottom as FLAIR does, ``center`` pads evenly).
         ``stretch``      resize to ``resolution x resolution`` ignoring the aspect ratio.
     mean/std: ``None`` means plain [0, 1] scaling.
+    crop_foreground: first crop to the bounding box of the fundus (FLAIR's optional
+        ``crop_im``: Li threshold on the red channel, largest connected component).
     """
 
     resolution: int = 224
@@ -47,6 +49,7 @@ class PreprocessConfig:
     mean: tuple[float, float, float] | None = IMAGENET_MEAN
     std: tuple[float, float, float] | None = IMAGENET_STD
     pad_anchor: Literal["top_left", "center"] = "top_left"
+    crop_foreground: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +67,8 @@ class PreprocessConfig:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
+        if self.crop_foreground:
+            image = crop_foreground(image)
         image = self._resize(image)
         array = np.asarray(image, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
@@ -85,9 +90,28 @@ class PreprocessConfig:
             image = image.resize((nw, nh), resample)
             left, top = (nw - res) // 2, (nh - res) // 2
             return image.crop((left, top, left + res, top + res))
-        scale = res / max(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        # FLAIR/KeepFIT's canvas: s = max(H, W) / res, new size int(H / s) x int(W / s).
+        s = max(w, h) / res
+        nw, nh = max(1, int(w / s)), max(1, int(h / s))
         canvas = Image.new("RGB", (res, res))
         offset = (0, 0) if self.pad_anchor == "top_left" else ((res - nw) // 2, (res - nh) // 2)
         canvas.paste(image.resize((nw, nh), resample), offset)
         return canvas
+
+
+def crop_foreground(image: Image.Image) -> Image.Image:
+    """Crop to the fundus: pixels of the red channel above its Li threshold, largest
+    connected component, bounding box (as FLAIR's ``crop_im``, flair.md section 1.5)."""
+    from scipy import ndimage
+    from skimage.filters import threshold_li
+
+    red = np.asarray(image, dtype=np.float32)[:, :, 0] / 255.0
+    if red.max() == red.min():
+        return image  # a flat image has no foreground to find
+    mask = red > threshold_li(red)
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))  # 8-connected, as skimage
+    if count == 0:
+        return image
+    largest = int(np.argmax(np.bincount(labels.ravel(), weights=mask.ravel())))
+    rows, cols = ndimage.find_objects((labels == largest).astype(np.int32))[0]
+    return image.crop((cols.start, rows.start, cols.stop, rows.stop))

@@ -7,6 +7,7 @@ code that produced it, and unknown names get "did you mean" suggestions.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -56,10 +57,26 @@ class Registry(Generic[T]):
         self._entries[entry.name] = entry
 
     def get(self, name: str) -> Entry[T]:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise ConfigError(self.unknown_message(name)) from None
+        """The entry called ``name``. ``family:spec`` resolves through a family entry (one
+        registered with ``family=True``, e.g. ``timm``): its factory gets ``spec`` first."""
+        entry = self._entries.get(name)
+        if entry is not None and not entry.metadata.get("family"):
+            return entry
+        family, sep, spec = name.partition(":")
+        parent = self._entries.get(family)
+        if parent is not None and parent.metadata.get("family"):
+            if not spec:
+                raise ConfigError(
+                    f"{self.kind} {family!r} is a family: name one member as {family}:<name>, "
+                    f"e.g. {parent.metadata.get('example', family + ':<name>')}"
+                )
+            return Entry(
+                name=name,
+                obj=functools.partial(parent.obj, spec),
+                plugin=parent.plugin,
+                metadata={**parent.metadata, "family": False},
+            )
+        raise ConfigError(self.unknown_message(name))
 
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)

@@ -30,6 +30,7 @@ from fundbench.protocols import zero_shot
 from fundbench.provenance import environment
 from fundbench.registry import Entry
 from fundbench.results import SCHEMA_VERSION, Cell, read_record, write_record
+from fundbench.weights import RunFile, missing_weights_message, resolve_weights
 
 #: Bump when protocol code changes numbers for the same inputs (invalidates old records).
 EVAL_VERSION = "2"  # 2: the tuned linear probe standardises features
@@ -55,6 +56,8 @@ class RunConfig:
     bootstrap: int | None = None
     cache: Path | None = None
     report: bool = True
+    #: run configuration file (weights, model_args); None: $FUNDBENCH_CONFIG if set
+    config_file: Path | None = None
 
 
 @dataclass
@@ -84,23 +87,35 @@ def resolve_plan(
         if config.bootstrap is not None:
             task = replace(task, bootstrap=config.bootstrap)
         tasks.append(task)
-    unknown = set(config.weights) - set(config.models) - {""}
-    if unknown:
-        raise ConfigError(f"--weights names model(s) {sorted(unknown)} that are not in --model")
-    if "" in config.weights and len(config.models) > 1:
-        raise ConfigError(
-            "--weights PATH without NAME= is ambiguous with several --model; "
-            "use --weights NAME=PATH"
-        )
     return models, datasets, tasks
 
 
-def build_model(entry: Entry, config: RunConfig) -> Model:
+def resolve_model_inputs(config: RunConfig, models: list[Entry]) -> dict[str, dict]:
+    """Each model's factory options: weights (by the precedence of :mod:`fundbench.weights`)
+    and ``--model-arg`` options over the config file's ``model_args``. Checked for every model
+    before any is built, so a missing file fails before results are written."""
+    run_file = RunFile.load(config.config_file)
+    sources = resolve_weights(config.models, config.weights, run_file)
+    inputs = {}
+    for entry in models:
+        options = {
+            **(run_file.model_args or {}).get(entry.name, {}),
+            **config.model_options.get(entry.name, {}),
+        }
+        found = sources.get(entry.name)
+        if found is not None:
+            options["weights"] = found.path
+        elif entry.metadata.get("needs_weights"):
+            raise ConfigError(missing_weights_message(entry.name))
+        inputs[entry.name] = {"options": options, "weights_source": found.source if found else None}
+    return inputs
+
+
+def build_model(entry: Entry, config: RunConfig, options: dict | None = None) -> Model:
     """Call a model's factory with the user's options, weights and (if it takes one) device."""
-    options = dict(config.model_options.get(entry.name, {}))
-    weights = config.weights.get(entry.name) or config.weights.get("")
-    if weights:
-        options["weights"] = weights
+    if options is None:
+        options = resolve_model_inputs(config, [entry])[entry.name]["options"]
+    options = dict(options)
     try:
         signature = inspect.signature(entry.obj)
     except (TypeError, ValueError):  # some callables have no signature: just call them
@@ -137,6 +152,7 @@ def run(config: RunConfig, host: Host) -> RunSummary:
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {config.device}: CUDA is not available on this machine")
     model_entries, dataset_entries, tasks = resolve_plan(config, host)
+    model_inputs = resolve_model_inputs(config, model_entries)
     out = Path(config.out)
     for stale in out.glob("records/**/.*.tmp"):  # left by a run killed mid-write
         stale.unlink()
@@ -160,8 +176,12 @@ def run(config: RunConfig, host: Host) -> RunSummary:
         "plugin_problems": host.problems,
     }
     for entry in model_entries:
-        model = build_model(entry, config)
-        run_info["models"][entry.name] = {**model.describe(), "plugin": entry.plugin.as_dict()}
+        model = build_model(entry, config, model_inputs[entry.name]["options"])
+        run_info["models"][entry.name] = {
+            **model.describe(),
+            "plugin": entry.plugin.as_dict(),
+            "weights_source": model_inputs[entry.name]["weights_source"],
+        }
         for dataset in datasets.values():
             stats = _run_pair(entry, model, dataset, tasks, config, store, summary)
             if stats is not None:
@@ -194,9 +214,16 @@ def _run_pair(
     summary: RunSummary,
 ) -> ExtractionStats | None:
     prompts = load_prompts(dataset.definition, config.prompts)
+    if prompts is not None and config.prompts is None and model.prompt_templates:
+        prompts = replace(
+            prompts,
+            templates=tuple(model.prompt_templates),
+            source=f"{prompts.source} with {entry.name}'s own templates",
+        )
     base = {
         "model": entry.name,
         "weights_digest": model.weights_digest,
+        "variant": model.variant,
         "preprocess_digest": model.preprocess_config.digest(),
         "dataset_manifest_digest": dataset.manifest_digest,
         "prompts_digest": prompts.digest if prompts else None,
@@ -244,6 +271,9 @@ def _run_pair(
         "dataset_manifest_digest": dataset.manifest_digest,
         "preprocess_digest": base["preprocess_digest"],
         "prompts_digest": base["prompts_digest"],
+        "prompts_source": prompts.source if prompts else None,
+        "prompt_templates": list(prompts.templates) if prompts else None,
+        "model_variant": model.variant,
     }
     with make_progress() as progress:
         bar = progress.add_task(f"{entry.name} / {dataset.id}", total=len(plan))
@@ -268,8 +298,9 @@ def _run_pair(
 
 
 def _no_text_reason(model: Model, dataset: Dataset, prompts) -> str | None:
-    if not model.has_text_tower:
-        return "model has no text tower"
+    reason = model.text_unavailable_reason
+    if reason:
+        return reason
     if prompts is None:
         return f"dataset {dataset.id!r} defines no prompts"
     return None
