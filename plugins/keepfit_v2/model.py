@@ -15,7 +15,8 @@ State-dict layout (V1 ``KeepFITModel``, keepfit.md section 3):
 =============================================================  =====================
 
 So a V1 checkpoint's keys are a subset of ours; with the generative branch and the MLM stage
-off, training is V1's recipe.
+off, training is V1's recipe. The FLAIR blocks (projection heads, text pooling) are shared
+with the ``flair`` plugin.
 """
 
 from __future__ import annotations
@@ -24,28 +25,14 @@ import math
 
 import torch
 import torch.nn.functional as F
+from fundbench_flair.network import LOGIT_SCALE_MAX, ProjectionLayer, TextModel
 from fundbench_keepfit_v2.config import Config
 from torch import nn
 from torchvision.models import resnet50
 from torchvision.models.resnet import BasicBlock
 from transformers import BertConfig, BertModel
 
-from fundbench.errors import CheckpointError
-
-#: V1 clamps logit_scale to [0, ln 100] (``compute_logits``), so the scale is at most 100.
-LOGIT_SCALE_MAX = math.log(100.0)
-
-
-class ProjectionLayer(nn.Module):
-    """V1/FLAIR ``ProjectionLayer``: L2-normalise, bias-free linear map, L2-normalise."""
-
-    def __init__(self, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.projection = nn.Linear(in_dim, out_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(x, dim=-1)
-        return F.normalize(self.projection(x), dim=-1)
+from fundbench.checkpoints import Allowance, load_strict, read_checkpoint, unwrap
 
 
 class SmallResNet(nn.Module):
@@ -119,44 +106,10 @@ class VisionModel(nn.Module):
 
 
 def _load_torchvision_weights(model: nn.Module, path: str) -> None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"vision.weights={path!r}: file not found; give a local "
-                              "torchvision ResNet-50 weights file or leave it empty") from None
-    except Exception as exc:  # noqa: BLE001 - unreadable/unsafe file
-        raise CheckpointError(f"{path}: cannot read torchvision weights ({exc})") from None
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: not a torchvision ResNet-50 state dict ({len(result.missing_keys)} "
-            f"missing, e.g. {result.missing_keys[:3]}; {len(result.unexpected_keys)} "
-            f"unexpected, e.g. {result.unexpected_keys[:3]})")
-
-
-class TextModel(nn.Module):
-    """BERT (``model``) + projection head, pooled as V1/FLAIR's ``TextModel``."""
-
-    def __init__(self, bert: BertModel, proj_dim: int) -> None:
-        super().__init__()
-        self.model = bert
-        self.projection_head_text = ProjectionLayer(bert.config.hidden_size, proj_dim)
-
-    def hidden_states(self, input_ids, attention_mask) -> tuple[torch.Tensor, ...]:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         output_hidden_states=True)
-        return out.hidden_states
-
-    @staticmethod
-    def pool(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Mean over *all* token positions (padding included: the upstream quirk, flair.md
-        section 1.2) of hidden_states[1], [2] and [-1], then mean over those three layers."""
-        stack = torch.stack([hidden_states[1], hidden_states[2], hidden_states[-1]])
-        return stack.mean(dim=2).mean(dim=0)
-
-    def forward(self, input_ids, attention_mask) -> torch.Tensor:
-        return self.projection_head_text(self.pool(self.hidden_states(input_ids, attention_mask)))
+    """A torchvision ResNet-50 file (e.g. IMAGENET1K_V2) for the trunk; its fc is dropped."""
+    state = unwrap(read_checkpoint(path), path)
+    classifier = Allowance(r"fc\.", "unexpected", "ImageNet classifier; the trunk's fc is Identity")
+    load_strict(model, state, path, "torchvision ResNet-50", (classifier,))
 
 
 class MultiHeadAttention(nn.Module):
@@ -295,6 +248,3 @@ class KeepFITV2(nn.Module):
         """``task(self, batch)``; lets DistributedDataParallel wrap every stage's step."""
         return task(self, batch)
 
-
-V1_PREFIXES = ("vision_model.", "text_model.", "logit_scale", "attention.")
-OWN_PREFIXES = ("caption_decoder.", "mlm_head.")

@@ -3,7 +3,7 @@
 ``fundbench run --model keepfit_v2`` without ``--weights`` trains the tiny preset once into
 ``<cache>/keepfit_v2/<digest>/`` (digest of the full config plus the training code version)
 and evaluates that checkpoint; later runs reuse it. With ``--weights FILE`` the checkpoint is
-loaded safely and strictly (a keepfit_v2 checkpoint or a released V1 state dict).
+loaded safely and strictly; released V1 state dicts belong to ``keepfit_v1`` (``v1.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from fundbench_keepfit_v2.data import preprocess_config
 from fundbench_keepfit_v2.text import tokenize
 
 from fundbench import Model, hookimpl
+from fundbench.checkpoints import weights_digest
 from fundbench.errors import ConfigError
-from fundbench.model import file_digest
 from fundbench.paths import cache_dir
 
 #: Bump when a training-code change alters the weights a config produces (new cache folder).
@@ -59,12 +59,11 @@ class KeepFITV2Model(Model):
         self.net = loaded.model.eval()
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
-        kind = loaded.meta.get("kind") or "model"
-        self.name = f"keepfit_v2[{loaded.config.preset}]" if kind != "v1" else "keepfit_v1"
+        self.name = f"keepfit_v2[{loaded.config.preset}]"
         self.embed_dim = loaded.config.model.proj_dim
         self.pretraining_datasets = tuple(loaded.pretraining_datasets)
         self.preprocess_config = preprocess_config(loaded.config.vision.resolution)
-        self.weights_digest = file_digest(str(path))
+        self.weights_digest = weights_digest(path)
         self.checkpoint_path = path
         with torch.no_grad():
             self.logit_scale = float(self.net.scale())

@@ -12,28 +12,31 @@ import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from fundbench_flair.text import TOKENIZER_ENV, tokenize  # noqa: F401 - shared with flair
 from fundbench_keepfit_v2.config import Config
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
+from fundbench.checkpoints import resolve_hf_folder
 from fundbench.errors import CheckpointError, ConfigError
 
-#: Environment variable naming a local Bio_ClinicalBERT folder (used when text.pretrained is
-#: the hub id and the folder is not in the Hugging Face cache).
-BERT_PATH_ENV = "KEEPFIT_BIO_CLINICALBERT"
+#: Environment variable naming a local Bio_ClinicalBERT folder (shared with ``flair``).
+BERT_PATH_ENV = TOKENIZER_ENV
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
                   "sep_token": "[SEP]", "mask_token": "[MASK]"}
 
 
 def resolve_pretrained(name_or_path: str) -> str:
-    """A local folder for ``text.pretrained``: the path itself, $KEEPFIT_BIO_CLINICALBERT,
-    or the hub id (then resolved from the local Hugging Face cache only)."""
+    """A local folder for ``text.pretrained``: the path itself, $FUNDBENCH_BIO_CLINICALBERT,
+    or the hub id resolved from the local Hugging Face cache only (else the name unchanged,
+    which then fails with :func:`_missing`)."""
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
     env = os.environ.get(BERT_PATH_ENV)
     if env and Path(env).expanduser().is_dir():
         return str(Path(env).expanduser())
-    return name_or_path
+    cached = resolve_hf_folder(name_or_path)
+    return str(cached) if cached else name_or_path
 
 
 def _missing(name: str, exc: Exception) -> ConfigError:
@@ -169,12 +172,6 @@ def wrap_tokenizer(tokenizer_json: str, max_length: int) -> PreTrainedTokenizerF
 
 def tokenizer_json(tokenizer: PreTrainedTokenizerFast) -> str:
     return tokenizer.backend_tokenizer.to_str()
-
-
-def tokenize(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_length: int):
-    """Pad to the longest text of the call (V1/FLAIR: ``padding=True``), truncate."""
-    return tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length,
-                     return_tensors="pt")
 
 
 def build_bert(bert_config: dict) -> BertModel:

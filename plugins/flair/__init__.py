@@ -1,0 +1,1 @@
+"""fundbench plugin package."""

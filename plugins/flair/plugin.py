@@ -1,0 +1,88 @@
+"""``flair``: FLAIR (Silva-Rodriguez et al., MedIA 2025) from its released weights.
+
+Accepts the 2023 ``flair_resnet.pth`` (a raw state dict, with or without the
+``position_ids`` buffer) and the Hugging Face folder format of ``jusiro2/FLAIR``
+(``config.json`` + ``model.safetensors``); see flair.md section 2.
+"""
+
+from __future__ import annotations
+
+from fundbench_flair.family import FlairFamilyModel
+from fundbench_flair.network import FLAIRNetwork
+
+from fundbench import hookimpl
+
+#: The 31 datasets of FLAIR's default pretraining run (``main_pretrain.py --datasets``,
+#: flair.md section 3.1); used to flag evaluation sets the model has seen.
+FLAIR_PRETRAINING = (
+    "EYEPACS",
+    "IDRID",
+    "RFMiD",
+    "JSIEC-1000x39",
+    "DeepEyeNet",
+    "LAG",
+    "ODIR-5K",
+    "PAPILA",
+    "Paraguay",
+    "STARE",
+    "ARIA",
+    "AGAR300",
+    "APTOS",
+    "FUND-OCT",
+    "DiaRetDB1",
+    "DRIONS-DB",
+    "Drishti-GS1",
+    "e-ophtha",
+    "G1020",
+    "HRF",
+    "ORIGA",
+    "ROC",
+    "BRSET",
+    "OIA-DDR",
+    "AIROGS",
+    "SUSTech-SYSU",
+    "JICHI",
+    "Chaksu",
+    "DR1-2",
+    "Cataract",
+    "ScarDat",
+)
+
+
+class FLAIRModel(FlairFamilyModel):
+    """FLAIR: ResNet-50 + Bio_ClinicalBERT, 512-d projections, 512 px canvas input."""
+
+    pretraining_datasets = FLAIR_PRETRAINING
+    modalities = frozenset({"cfp"})
+
+    def __init__(
+        self,
+        weights: str,
+        tokenizer: str | None = None,
+        projection: bool = True,
+        crop_foreground: bool = False,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__(
+            FLAIRNetwork(),
+            weights,
+            name="flair",
+            tokenizer=tokenizer,
+            projection=projection,
+            crop_foreground=crop_foreground,
+            device=device,
+        )
+
+
+@hookimpl
+def fundbench_register_models(register):
+    register(
+        "flair",
+        FLAIRModel,
+        description="FLAIR: ResNet-50 + Bio_ClinicalBERT CLIP-style model; needs "
+        "flair_resnet.pth or the HF folder (options: tokenizer, projection, "
+        "crop_foreground)",
+        modalities=("cfp",),
+        paper="arXiv 2308.07898",
+        needs_weights=True,
+    )
