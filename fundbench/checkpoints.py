@@ -56,7 +56,12 @@ def read_checkpoint(path: str | Path) -> dict:
                 f"{path}: not a readable safetensors file ({_first(exc)})"
             ) from None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-map zip checkpoints: a 1.3 GB file is not copied into RAM twice
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zip" not in str(exc):
+                raise
+            data = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refuses to unpickle objects other than tensors and plain containers "
@@ -215,6 +220,9 @@ def weights_digest(path: str | Path) -> str:
         h = hashlib.sha256()
         for file in files:
             h.update(f"{file.name}:{_cached_file_digest(file)}\n".encode())
+        config = path / "config.json"
+        if config.is_file():  # the config decides how the weights are used
+            h.update(f"config.json:{_cached_file_digest(config)}\n".encode())
         return h.hexdigest()
     return _cached_file_digest(path)
 
@@ -249,7 +257,7 @@ def resolve_hf_folder(
     """
     candidate = Path(name_or_path).expanduser()
     if candidate.is_dir():
-        return candidate
+        return candidate.resolve()
     if (
         candidate.is_absolute()
         or name_or_path.startswith((".", "~"))

@@ -147,8 +147,10 @@ def test_every_released_format_loads_strictly(fmt, flair_files, bert_folder):
     assert torch.allclose(x.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert torch.allclose(t.norm(dim=-1), torch.ones(3), atol=1e-5)
     if fmt == "hub":
-        files = hashlib.sha256(path.joinpath("model.safetensors").read_bytes()).hexdigest()
-        expected = hashlib.sha256(f"model.safetensors:{files}\n".encode()).hexdigest()
+        weights = hashlib.sha256(path.joinpath("model.safetensors").read_bytes()).hexdigest()
+        config = hashlib.sha256(path.joinpath("config.json").read_bytes()).hexdigest()
+        listing = f"model.safetensors:{weights}\nconfig.json:{config}\n"
+        expected = hashlib.sha256(listing.encode()).hexdigest()
     else:
         expected = hashlib.sha256(path.read_bytes()).hexdigest()
     assert model.weights_digest == expected

@@ -56,6 +56,12 @@ def load_tokenizer(folder: Path, max_length: int) -> PreTrainedTokenizerBase:
             f"{str(exc).splitlines()[0][:160]}); it needs vocab.txt "
             "(and config.json)"
         ) from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        # transformers 5 builds an empty tokenizer from a folder without vocabulary files
+        raise ConfigError(
+            f"{folder}: no tokenizer vocabulary there (vocab.txt or "
+            "tokenizer.json); give a local copy of Bio_ClinicalBERT"
+        )
     tokenizer.model_max_length = max_length
     return tokenizer
 
