@@ -73,11 +73,27 @@ def _details(entry) -> str:
     if hasattr(obj, "modality"):
         return f"{obj.modality}, {len(obj.classes)} classes: {obj.name}"
     if hasattr(obj, "protocol"):
-        extra = f" k={list(obj.shots)} x {obj.seeds} seeds" if obj.shots else ""
+        r = obj.resplit
+        repeats = f"{r['folds']} folds" if r else f"{obj.seeds} seeds"
+        extra = f" k={list(obj.shots)} x {repeats}" if obj.shots else ""
+        if r:
+            extra += (
+                f"; per-class re-split: test {r['test']:.0%}, train {r['train']:.0%}, "
+                f"{r['folds']} fold(s)"
+            )
         return f"{obj.protocol}: {', '.join(obj.adapters)}{extra}"
     if hasattr(obj, "datasets"):
         return f"{len(obj.datasets)} datasets x {', '.join(obj.tasks)}"
     return ""
+
+
+def _add_subcommands() -> None:
+    from fundbench.cli_data import data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_add_subcommands()
 
 
 @app.command()
@@ -104,11 +120,23 @@ def _parse_weights(values: list[str]) -> dict[str, str]:
     return weights
 
 
+def _parse_dataset_roots(values: list[str]) -> dict[str, Path]:
+    roots = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not (sep and name and folder):
+            raise ConfigError(f"--dataset-root {value!r}: expected NAME=DIR")
+        if not Path(folder).expanduser().is_dir():
+            raise ConfigError(f"--dataset-root {value}: {folder!r} is not a folder")
+        roots[name] = Path(folder).expanduser()
+    return roots
+
+
 def _parse_model_args(values: list[str]) -> dict[str, dict]:
     options: dict[str, dict] = {}
     for value in values:
         key, sep, raw = value.partition("=")
-        model, dot, option = key.partition(".")
+        model, dot, option = key.rpartition(".")  # model names may hold dots (timm tags)
         if not (sep and dot and model and option):
             raise ConfigError(f"--model-arg {value!r}: expected MODEL.OPTION=VALUE")
         options.setdefault(model, {})[option] = yaml.safe_load(raw)
@@ -141,7 +169,10 @@ def run(
     ),
     weights: list[str] = typer.Option([], help="[NAME=]PATH of a checkpoint (repeatable)."),
     model_arg: list[str] = typer.Option([], help="MODEL.OPTION=VALUE passed to the model factory."),
-    data_root: Path | None = typer.Option(None, help="Folder that holds the datasets."),
+    data_root: Path | None = typer.Option(None, help="Folder holding one folder per dataset id."),
+    dataset_root: list[str] = typer.Option(
+        [], help="NAME=DIR: the folder of one dataset (repeatable); beats --data-root."
+    ),
     out: Path = typer.Option(DEFAULT_OUT, help="Results folder."),
     seeds: int | None = typer.Option(None, help="Few-shot seeds [default: the task's, 5]."),
     shots: str | None = typer.Option(None, help="Few-shot K values, e.g. 1,2,4,8,16."),
@@ -171,6 +202,7 @@ def run(
         weights=_parse_weights(weights),
         model_options=_parse_model_args(model_arg),
         data_root=data_root,
+        dataset_roots=_parse_dataset_roots(dataset_root),
         out=out,
         seeds=seeds,
         shots=_parse_shots(shots),
@@ -254,7 +286,7 @@ def synth_grid(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn errors into one line and an exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # a typer.Exit(n) comes back as n
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
@@ -283,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             soft_wrap=True,
         )
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

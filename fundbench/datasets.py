@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,23 +56,32 @@ def build_dataset(
             f"{source}: missing column(s) {missing} for dataset {definition.id!r}; "
             f"found {list(raw.columns)}"
         )
-    table = raw.copy()
+    table = raw.reset_index(drop=True).copy()
+    table["label"] = table["label"].astype(str).str.strip()
+    if definition.labels:
+        table = _harmonise_labels(table, definition, source)
     index = {name: i for i, name in enumerate(definition.classes)}
-    unknown = sorted(set(table["label"].astype(str)) - set(index))
-    if unknown:
+    unknown = ~table["label"].isin(index)
+    if unknown.any():
+        where = _origin(table, unknown.idxmax(), source)
         raise DataError(
-            f"{source}: label(s) {unknown[:3]} are not classes of {definition.id!r} "
-            f"({list(definition.classes)}); fix the label file or the definition"
+            f"{where}: label {table['label'][unknown].iloc[0]!r} is not a class of "
+            f"{definition.id!r} ({list(definition.classes)}); fix the label file or the definition"
         )
-    table["label"] = table["label"].astype(str).map(index).astype(int)
+    table["label"] = table["label"].map(index).astype(int)
     if "patient" not in table:
         table["patient"] = table["path"].astype(str)  # no ids: every image its own patient
     table["patient"] = table["patient"].astype(str)
     if "eye" not in table:
         table["eye"] = ""
-    if "split" not in table:
-        table["split"] = assign_splits(table["label"].to_numpy(), table["patient"].to_numpy())
-    bad = sorted(set(table["split"]) - set(SPLITS))
+    table["eye"] = table["eye"].fillna("").astype(str)
+    fractions = {k: definition.splits[k] for k in ("val", "test") if k in definition.splits}
+    seed = int(definition.splits.get("seed", 0))
+    if "split" not in table or table["split"].isna().all():
+        table["split"] = assign_splits(table["patient"].to_numpy(), seed=seed, **fractions)
+    elif not (table["split"] == "val").any():
+        table["split"] = carve_val(table, fractions.get("val", 0.1), seed)
+    bad = sorted(set(table["split"].astype(str)) - set(SPLITS))
     if bad:
         raise DataError(f"{source}: unknown split value(s) {bad}; use {list(SPLITS)}")
     if limit:
@@ -82,29 +91,80 @@ def build_dataset(
     return Dataset(definition, table, manifest_digest(table))
 
 
-def load_dataset(
-    name: str, *, host=None, data_root: Path | None = None, limit: int | None = None
-) -> Dataset:
-    """Read a registered dataset by name (the synthetic ones are generated on first use)."""
+def read_raw(
+    name: str, *, host=None, data_root: Path | None = None, folder: Path | None = None
+) -> tuple[DatasetDefinition, pd.DataFrame]:
+    """The definition and its reader's raw table. ``folder`` is the dataset's own folder
+    (``--dataset-root NAME=DIR``); otherwise it is ``data_root/<id>``."""
     if host is None:
         from fundbench.host import get_host
 
         host = get_host()
     definition = host.datasets.get(name).obj
+    if folder is not None:
+        options = {**definition.options, "path": str(Path(folder).expanduser().resolve())}
+        definition = replace(definition, options=options)
     reader = host.formats.get(definition.format).obj
-    raw = reader(definition, data_root)
+    return definition, reader(definition, data_root)
+
+
+def load_dataset(
+    name: str,
+    *,
+    host=None,
+    data_root: Path | None = None,
+    limit: int | None = None,
+    folder: Path | None = None,
+) -> Dataset:
+    """Read a registered dataset by name (the synthetic ones are generated on first use)."""
+    definition, raw = read_raw(name, host=host, data_root=data_root, folder=folder)
     return build_dataset(definition, raw, source=definition.source, limit=limit)
 
 
-def assign_splits(labels: np.ndarray, patients: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Deterministic 60/10/30 train/val/test split grouped by patient (for unsplit data)."""
+def assign_splits(
+    patients: np.ndarray, seed: int = 0, val: float = 0.1, test: float = 0.3
+) -> np.ndarray:
+    """Deterministic train/val/test split grouped by patient (default 60/10/30), for data
+    without an official split: both eyes of a patient always land in the same split."""
     unique = np.array(sorted(set(patients)))
     order = np.random.default_rng(seed).permutation(len(unique))
-    cut1, cut2 = int(0.6 * len(unique)), int(0.7 * len(unique))
+    cut1 = int(round((1 - val - test) * len(unique)))
+    cut2 = int(round((1 - test) * len(unique)))
     split_of = {}
     for rank, i in enumerate(order):
         split_of[unique[i]] = "train" if rank < cut1 else "val" if rank < cut2 else "test"
     return np.array([split_of[p] for p in patients])
+
+
+def carve_val(table: pd.DataFrame, fraction: float, seed: int = 0) -> np.ndarray:
+    """Official train/test only: move ``fraction`` of the training patients to val."""
+    split = table["split"].astype(str).to_numpy().copy()
+    train = split == "train"
+    patients = np.array(sorted(set(table.loc[train, "patient"])))
+    order = np.random.default_rng(seed).permutation(len(patients))
+    chosen = set(patients[order[: int(round(fraction * len(patients)))]])
+    split[train & table["patient"].isin(chosen).to_numpy()] = "val"
+    return split
+
+
+def _harmonise_labels(table: pd.DataFrame, definition: DatasetDefinition, source: str):
+    """Map raw labels to classes with the definition's ``labels``; null drops the image."""
+    known = table["label"].isin(definition.labels)
+    if not known.all():
+        where = _origin(table, (~known).idxmax(), source)
+        raise DataError(
+            f"{where}: value {table['label'][~known].iloc[0]!r} is not a label of "
+            f"{definition.id!r} (expected one of {sorted(definition.labels)}); fix the file"
+        )
+    table["label"] = table["label"].map(definition.labels)
+    return table[table["label"].notna()].reset_index(drop=True)
+
+
+def _origin(table: pd.DataFrame, row: int, source: str) -> str:
+    """Where a row came from: the reader's ``origin`` ("file row N column C") if given."""
+    if "origin" in table and isinstance(table["origin"][row], str):
+        return table["origin"][row]
+    return source
 
 
 def _limit(table: pd.DataFrame, limit: int) -> pd.DataFrame:

@@ -51,6 +51,18 @@ class DatasetDefinition:
     description: str = ""
     citation: str = ""
     license: str = ""
+    #: raw label (as the reader reports it, e.g. "2") -> class name; null drops the image.
+    #: Empty: the reader already reports class names.
+    labels: dict = field(default_factory=dict)
+    #: how to split when the layout has no official split (or no val split): fractions of
+    #: patients for val/test and the seed, e.g. {val: 0.1, test: 0.3, seed: 0}
+    splits: dict = field(default_factory=dict)
+    #: where to get the data (shown when it is missing)
+    download: str = ""
+    #: model names whose published pretraining corpus contains this dataset
+    seen_by: tuple[str, ...] = ()
+    #: other names of the dataset (matched against models' ``pretraining_datasets``)
+    aliases: tuple[str, ...] = ()
     source: str = "<python>"
 
     @classmethod
@@ -67,6 +79,12 @@ class DatasetDefinition:
         classes = tuple(_require(data, "classes", source))
         if len(classes) < 2 or len(set(classes)) != len(classes):
             raise ConfigError(f"{source}: 'classes' needs two or more distinct names")
+        labels = {str(k): v for k, v in (data.get("labels") or {}).items()}
+        stray = sorted({v for v in labels.values() if v is not None} - set(classes))
+        if stray:
+            raise ConfigError(f"{source}: 'labels' maps to {stray}, which are not in 'classes'")
+        splits = dict(data.get("splits") or {})
+        _check_keys(splits, {"val", "test", "seed"}, f"{source} (splits)")
         return cls(
             id=_require(data, "id", source),
             name=data.get("name", data["id"]),
@@ -79,11 +97,25 @@ class DatasetDefinition:
             description=data.get("description", ""),
             citation=data.get("citation", ""),
             license=data.get("license", ""),
+            labels=labels,
+            splits=splits,
+            download=data.get("download", ""),
+            seen_by=tuple(data.get("seen_by") or ()),
+            aliases=tuple(data.get("aliases") or ()),
             source=source,
         )
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def names(self) -> set[str]:
+        """Its id, name and aliases, normalised (lower case, letters and digits only), for
+        matching against the names models give for their pretraining data."""
+        return {normalise_name(n) for n in (self.id, self.name, *self.aliases)}
+
+
+def normalise_name(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 @dataclass(frozen=True)
@@ -97,6 +129,10 @@ class TaskDefinition:
     seeds: int = 1
     bootstrap: int = 1000
     description: str = ""
+    #: FLAIR/KeepFIT's per-class re-splits instead of the dataset's splits:
+    #: {test: 0.2, train: 0.8 (default: the rest), folds: 5}. Fold f shuffles each class with
+    #: seed f, takes the first ``test`` share as test and the next ``train`` share as train.
+    resplit: dict | None = None
     source: str = "<python>"
 
     @classmethod
@@ -112,6 +148,14 @@ class TaskDefinition:
         shots = tuple(int(k) for k in data.get("shots", ()))
         if protocol == "few_shot" and not shots:
             raise ConfigError(f"{source}: a few_shot task needs 'shots'")
+        resplit = data.get("resplit")
+        if resplit is not None:
+            _check_keys(resplit, {"test", "train", "folds"}, f"{source} (resplit)")
+            test = float(resplit.get("test", 0.2))
+            train = float(resplit.get("train", 1.0 - test))
+            if not (0 < test <= 1 and 0 <= train <= 1 - test + 1e-9):
+                raise ConfigError(f"{source}: resplit needs 0 < test <= 1 and train <= 1 - test")
+            resplit = {"test": test, "train": train, "folds": int(resplit.get("folds", 1))}
         return cls(
             name=_require(data, "name", source),
             protocol=protocol,
@@ -120,6 +164,7 @@ class TaskDefinition:
             seeds=int(data.get("seeds", 1)),
             bootstrap=int(data.get("bootstrap", 1000)),
             description=data.get("description", ""),
+            resplit=resplit,
             source=source,
         )
 

@@ -25,3 +25,7 @@ class PluginError(FundbenchError):
 
 class CheckpointError(FundbenchError):
     """A checkpoint file does not match the model it is loaded into."""
+
+
+class DatasetMissing(DataError):
+    """A dataset's folder is not on this disk; a run reports it and goes on without it."""

@@ -36,6 +36,25 @@ class Features:
     test_y: np.ndarray
     test_groups: np.ndarray
     test_ids: np.ndarray
+    #: (x, y, groups, ids) of every image, for per-class re-splits
+    pool: tuple | None = None
+
+    def resplit(self, fold: int, test: float, train: float) -> Features:
+        """FLAIR/KeepFIT's ``get_dataloader_splits`` (flair.md section 4.4): per class,
+        shuffle with seed ``fold``, the first ``test`` share is test, the next ``train``
+        share is train. Not grouped by patient, as upstream."""
+        x, y, groups, ids = self.pool
+        rng = np.random.default_rng(fold)
+        test_idx, train_idx = [], []
+        for c in np.unique(y):
+            idx = np.flatnonzero(y == c)
+            idx = idx[rng.permutation(len(idx))]
+            n_test = int(round(test * len(idx)))
+            n_train = int(round(train * len(idx)))
+            test_idx += idx[:n_test].tolist()
+            train_idx += idx[n_test : n_test + n_train].tolist()
+        tr, te = np.array(sorted(train_idx), dtype=int), np.array(sorted(test_idx), dtype=int)
+        return Features(x[tr], y[tr], groups[tr], ids[tr], x[te], y[te], groups[te], ids[te])
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, x: np.ndarray) -> Features:
@@ -54,6 +73,7 @@ class Features:
             table["label"].to_numpy()[test],
             table["patient"].to_numpy()[test],
             ids[test],
+            pool=(x, table["label"].to_numpy(), table["patient"].to_numpy(), ids),
         )
 
 
@@ -66,6 +86,8 @@ class Outcome:
     reason: str | None = None  # set when the cell is not applicable
     n_train: int = 0
     fit_s: float = 0.0
+    #: the train/test view this outcome was computed on, when not the dataset's own
+    features: Features | None = None
 
 
 class Context:
@@ -119,31 +141,47 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _timed(fn: Callable[[], tuple[np.ndarray, dict, int]]) -> Outcome:
+def _timed(
+    fn: Callable[[], tuple[np.ndarray, dict, int]], features: Features | None = None
+) -> Outcome:
     start = time.perf_counter()
     with single_thread():
         probs, details, n_train = fn()
-    return Outcome(probs=probs, details=details, n_train=n_train, fit_s=time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    return Outcome(probs=probs, details=details, n_train=n_train, fit_s=elapsed, features=features)
+
+
+def _views(ctx: Context, task: TaskDefinition) -> list[tuple[int | None, Callable[[], Features]]]:
+    """(fold, features) pairs: the dataset's own split once, or the task's re-split folds."""
+    if not task.resplit:
+        return [(None, lambda: ctx.features)]
+    r = task.resplit
+    return [
+        (fold, functools.partial(lambda f: ctx.features.resplit(f, r["test"], r["train"]), fold))
+        for fold in range(r["folds"])
+    ]
 
 
 def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
     for adapter in task.adapters:
-        cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter)
-        if ctx.no_text_reason:
-            yield cell, lambda: Outcome(reason=ctx.no_text_reason)
-            continue
-        yield (
-            cell,
-            lambda: _timed(
-                lambda: (
-                    zero_shot.zero_shot_probs(
-                        ctx.features.test_x, ctx.text_weights, ctx.logit_scale
-                    ),
-                    {},
-                    0,
-                )
-            ),
-        )
+        for fold, view in _views(ctx, task):
+            cell = Cell(
+                ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter, seed=fold
+            )
+            if ctx.no_text_reason:
+                yield cell, lambda: Outcome(reason=ctx.no_text_reason)
+                break  # one record says why; folds do not apply
+
+            def compute(view=view) -> Outcome:
+                f = view()
+
+                def fit() -> tuple[np.ndarray, dict, int]:
+                    probs = zero_shot.zero_shot_probs(f.test_x, ctx.text_weights, ctx.logit_scale)
+                    return probs, {}, 0
+
+                return _timed(fit, f if task.resplit else None)
+
+            yield cell, compute
 
 
 def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
@@ -156,8 +194,9 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
             yield cell, lambda: Outcome(reason=ctx.no_text_reason)
         else:
             runnable.append(adapter)
+    views = dict(_views(ctx, task)) if task.resplit else {}
     for k in task.shots:
-        for seed in range(task.seeds):
+        for seed in range(task.resplit["folds"] if task.resplit else task.seeds):
             for adapter in runnable:
                 cell = Cell(
                     ctx.model_name,
@@ -170,7 +209,7 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
                 )
 
                 def compute(k=k, seed=seed, adapter=adapter) -> Outcome:
-                    f = ctx.features
+                    f = views[seed]() if task.resplit else ctx.features
                     support = sampling.sample_support(f.train_y, f.train_groups, k, seed, n_classes)
                     details = {
                         "support_indices": support.tolist(),
@@ -189,7 +228,7 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
                         model.fit(f.train_x[support], f.train_y[support])
                         return model.predict_proba(f.test_x), details, len(support)
 
-                    return _timed(fit)
+                    return _timed(fit, f if task.resplit else None)
 
                 yield cell, compute
 
@@ -197,35 +236,35 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
 def linear_probe_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
     n_classes = len(ctx.dataset.classes)  # features are read only when a cell computes
     for adapter in task.adapters:
-        cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter)
-        if adapter == "tuned":
-
-            def fit() -> tuple[np.ndarray, dict, int]:
-                f = ctx.features
-                probs, info = linear_probe.fit_predict_tuned(
-                    f.train_x, f.train_y, f.train_groups, f.test_x, n_classes=n_classes, seed=0
-                )
-                info = {
-                    **info,
-                    "C": float(info["C"]),
-                    "val_scores": {str(c): float(s) for c, s in info["val_scores"].items()},
-                }
-                return probs, info, len(f.train_y)
-        elif adapter == "paper":
-
-            def fit() -> tuple[np.ndarray, dict, int]:
-                f = ctx.features
-                probs = linear_probe.fit_predict_fixed(
-                    f.train_x, f.train_y, f.test_x, n_classes=n_classes
-                )
-                return (
-                    probs,
-                    {"C": linear_probe.PAPER_C, "class_weight": "balanced"},
-                    len(f.train_y),
-                )
-        else:
+        if adapter not in ("tuned", "paper"):
             raise ValueError(f"unknown linear_probe adapter {adapter!r}; use tuned or paper")
-        yield cell, (lambda fit=fit: _timed(fit))
+        for fold, view in _views(ctx, task):
+            cell = Cell(
+                ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter, seed=fold
+            )
+
+            def compute(adapter=adapter, view=view) -> Outcome:
+                f = view()
+                return _timed(
+                    lambda: _fit_probe(adapter, f, n_classes), f if task.resplit else None
+                )
+
+            yield cell, compute
+
+
+def _fit_probe(adapter: str, f: Features, n_classes: int) -> tuple[np.ndarray, dict, int]:
+    if adapter == "tuned":
+        probs, info = linear_probe.fit_predict_tuned(
+            f.train_x, f.train_y, f.train_groups, f.test_x, n_classes=n_classes, seed=0
+        )
+        info = {
+            **info,
+            "C": float(info["C"]),
+            "val_scores": {str(c): float(s) for c, s in info["val_scores"].items()},
+        }
+        return probs, info, len(f.train_y)
+    probs = linear_probe.fit_predict_fixed(f.train_x, f.train_y, f.test_x, n_classes=n_classes)
+    return probs, {"C": linear_probe.PAPER_C, "class_weight": "balanced"}, len(f.train_y)
 
 
 PROTOCOL_CELLS = {

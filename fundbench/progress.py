@@ -42,3 +42,8 @@ def progress_callback(description: str) -> Iterator[Callable[[int, int], None]]:
             progress.update(task, completed=done, total=total)
 
         yield report
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr (never stdout, which listings own)."""
+    console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)

@@ -36,6 +36,7 @@ TIDY_COLUMNS = [
     "n_test",
     "status",
     "reason",
+    "seen_in_pretraining",
 ]
 
 
@@ -115,9 +116,11 @@ def load_results(path: str | Path, *, include_not_applicable: bool = False) -> p
     """All records under a results folder as a tidy table, one row per metric value.
 
     Columns: model, dataset, task, protocol, adapter, k, seed, metric, value, ci_low,
-    ci_high, n_classes, n_test, status, reason. ``k`` and ``seed`` are empty (<NA>) where
-    they do not apply. Not-applicable cells appear only with ``include_not_applicable=True``,
-    as one row with an empty metric and value and the ``reason``.
+    ci_high, n_classes, n_test, status, reason, seen_in_pretraining (the model's pretraining
+    corpus contains the dataset: see :mod:`fundbench.contamination`). ``k`` and ``seed`` are
+    empty (<NA>) where they do not apply. Not-applicable cells appear only with
+    ``include_not_applicable=True``, as one row with an empty metric and value and the
+    ``reason``.
     """
     root = Path(path)
     if not (root / "records").is_dir():
@@ -130,6 +133,7 @@ def load_results(path: str | Path, *, include_not_applicable: bool = False) -> p
             "n_test": record.get("n_test"),
             "status": record["status"],
             "reason": record.get("reason"),
+            "seen_in_pretraining": bool((record.get("contamination") or {}).get("seen")),
         }
         if record["status"] != "ok":
             if include_not_applicable:

@@ -16,15 +16,16 @@ import numpy as np
 import torch
 
 from fundbench.atomic import write_json_atomic
+from fundbench.contamination import evidence
 from fundbench.datasets import Dataset, load_dataset
 from fundbench.definitions import TaskDefinition, digest_of
-from fundbench.errors import ConfigError, FundbenchError, PluginError
+from fundbench.errors import ConfigError, DatasetMissing, FundbenchError, PluginError
 from fundbench.evaluate import PROTOCOL_CELLS, Context, Features, Outcome, score
 from fundbench.features import ExtractionStats, FeatureStore
 from fundbench.host import Host
 from fundbench.model import Model
 from fundbench.paths import DEFAULT_OUT, cache_dir
-from fundbench.progress import make_progress, progress_callback
+from fundbench.progress import make_progress, progress_callback, warn
 from fundbench.prompts import load_prompts
 from fundbench.protocols import zero_shot
 from fundbench.provenance import environment
@@ -46,6 +47,8 @@ class RunConfig:
     weights: dict[str, str] = field(default_factory=dict)
     model_options: dict[str, dict] = field(default_factory=dict)
     data_root: Path | None = None
+    #: dataset id -> its own folder (--dataset-root NAME=DIR)
+    dataset_roots: dict[str, Path] = field(default_factory=dict)
     out: Path = DEFAULT_OUT
     seeds: int | None = None
     shots: list[int] | None = None
@@ -68,6 +71,7 @@ class RunSummary:
     not_applicable: int = 0
     wall_s: float = 0.0
     extraction: dict = field(default_factory=dict)
+    missing: dict = field(default_factory=dict)
 
 
 def resolve_plan(
@@ -95,6 +99,9 @@ def resolve_model_inputs(config: RunConfig, models: list[Entry]) -> dict[str, di
     and ``--model-arg`` options over the config file's ``model_args``. Checked for every model
     before any is built, so a missing file fails before results are written."""
     run_file = RunFile.load(config.config_file)
+    stray = sorted(set(config.model_options) - set(config.models))
+    if stray:
+        raise ConfigError(f"--model-arg names model(s) {stray} that are not in --model")
     sources = resolve_weights(config.models, config.weights, run_file)
     inputs = {}
     for entry in models:
@@ -158,10 +165,8 @@ def run(config: RunConfig, host: Host) -> RunSummary:
         stale.unlink()
     summary = RunSummary(out=out)
     store = FeatureStore(Path(config.cache) if config.cache else cache_dir() / "features")
-    datasets = {
-        e.name: load_dataset(e.name, host=host, data_root=config.data_root, limit=config.limit)
-        for e in dataset_entries
-    }
+    datasets, missing = _load_datasets(config, dataset_entries, host)
+    summary.missing = missing
     run_info = {
         "config": _config_dict(config),
         "models": {},
@@ -172,6 +177,7 @@ def run(config: RunConfig, host: Host) -> RunSummary:
             }
             for d in datasets.values()
         },
+        "missing_datasets": missing,
         "environment": environment(config.device),
         "plugin_problems": host.problems,
     }
@@ -204,6 +210,38 @@ def run(config: RunConfig, host: Host) -> RunSummary:
     return summary
 
 
+def _load_datasets(
+    config: RunConfig, entries: list[Entry], host: Host
+) -> tuple[dict[str, Dataset], dict[str, str]]:
+    """Every dataset that is on this disk; the others are reported (with where to get them)
+    and skipped, so one absent download does not stop a suite."""
+    run_file = RunFile.load(config.config_file)
+    roots = {**run_file.dataset_roots, **config.dataset_roots}
+    stray = sorted(set(roots) - {e.name for e in entries})
+    if stray:
+        raise ConfigError(f"dataset root(s) given for {stray}, which this run does not use")
+    data_root = config.data_root or run_file.data_root
+    datasets, missing = {}, {}
+    for entry in entries:
+        try:
+            datasets[entry.name] = load_dataset(
+                entry.name,
+                host=host,
+                data_root=data_root,
+                limit=config.limit,
+                folder=roots.get(entry.name),
+            )
+        except DatasetMissing as exc:
+            missing[entry.name] = str(exc)
+            warn(f"missing: {exc}; going on without it")
+    if not datasets:
+        raise DatasetMissing(
+            f"none of the requested datasets is on this disk ({', '.join(missing)}); "
+            "see `fundbench data info NAME` for where to get each"
+        )
+    return datasets, missing
+
+
 def _run_pair(
     entry: Entry,
     model: Model,
@@ -220,7 +258,10 @@ def _run_pair(
             templates=tuple(model.prompt_templates),
             source=f"{prompts.source} with {entry.name}'s own templates",
         )
+    seen = evidence(entry.name, model.pretraining_datasets, dataset.definition)
+    contamination = {"seen": bool(seen), "evidence": seen}
     base = {
+        "contamination": contamination,
         "model": entry.name,
         "weights_digest": model.weights_digest,
         "variant": model.variant,
@@ -288,6 +329,7 @@ def _run_pair(
                 fingerprint,
                 {**provenance, "task_digest": task_digest},
             )
+            record["contamination"] = contamination
             write_record(config.out, record)
             if outcome.reason:
                 summary.not_applicable += 1
@@ -358,7 +400,7 @@ def _record(
     if outcome.reason:
         return {**record, "status": "not_applicable", "reason": outcome.reason}
     t0 = time.perf_counter()
-    f = ctx.features
+    f = outcome.features or ctx.features
     metrics = score(dataset, f, outcome.probs, task.bootstrap)
     return {
         **record,

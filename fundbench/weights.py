@@ -1,4 +1,5 @@
-"""Where each model's weights come from.
+"""Where each model's weights come from (and the run config file that can also say where
+the datasets live).
 
 Three places, and the first that names a model wins:
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -42,11 +43,13 @@ class WeightsSource:
 
 @dataclass
 class RunFile:
-    """The run configuration file: per-model weights and model options."""
+    """The run configuration file: per-model weights and options, where the data lives."""
 
     path: Path | None = None
     weights: dict[str, str] | None = None
     model_args: dict[str, dict] | None = None
+    data_root: Path | None = None
+    dataset_roots: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path | None) -> RunFile:
@@ -62,12 +65,13 @@ class RunFile:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        allowed = ("weights", "model_args", "data_root", "dataset_roots")
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: expected a mapping with keys weights, model_args")
-        unknown = set(data) - {"weights", "model_args"}
+            raise ConfigError(f"{path}: expected a mapping with keys {', '.join(allowed)}")
+        unknown = set(data) - set(allowed)
         if unknown:
             raise ConfigError(
-                f"{path}: unknown key(s) {sorted(unknown)}; allowed: weights, model_args"
+                f"{path}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(allowed)}"
             )
         weights = data.get("weights") or {}
         model_args = data.get("model_args") or {}
@@ -80,16 +84,22 @@ class RunFile:
         ):
             raise ConfigError(f"{path}: 'model_args' must map model names to option mappings")
         # Relative paths are relative to the config file, so a project can commit it.
-        base = path.parent
-        weights = {
-            str(k): str(
-                (base / Path(v).expanduser())
-                if not Path(v).expanduser().is_absolute()
-                else Path(v).expanduser()
-            )
-            for k, v in weights.items()
-        }
-        return cls(path, weights, {str(k): dict(v) for k, v in model_args.items()})
+        weights = {str(k): str(_relative_to(path, v)) for k, v in weights.items()}
+        roots = data.get("dataset_roots") or {}
+        if not isinstance(roots, Mapping):
+            raise ConfigError(f"{path}: 'dataset_roots' must map dataset ids to folders")
+        return cls(
+            path,
+            weights,
+            {str(k): dict(v) for k, v in model_args.items()},
+            _relative_to(path, data["data_root"]) if data.get("data_root") else None,
+            {str(k): _relative_to(path, v) for k, v in roots.items()},
+        )
+
+
+def _relative_to(config: Path, value: str) -> Path:
+    candidate = Path(str(value)).expanduser()
+    return candidate if candidate.is_absolute() else config.parent / candidate
 
 
 def resolve_weights(

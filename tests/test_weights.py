@@ -183,3 +183,23 @@ def test_pos_embed_interpolation_keeps_cls_and_is_bicubic():
     ref = torch.nn.functional.interpolate(grid, size=(2, 2), mode="bicubic", align_corners=False)
     assert torch.allclose(out[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 4, 8))
     assert interpolate_pos_embed(pos, 4) is pos
+
+
+def test_model_arg_splits_at_the_last_dot_and_names_must_be_in_the_run(capsys, tmp_path):
+    from fundbench.cli import _parse_model_args
+
+    assert _parse_model_args(["timm:resnet18.a1_in1k.resolution=64"]) == {
+        "timm:resnet18.a1_in1k": {"resolution": 64}
+    }
+    code = main(
+        [
+            "run",
+            "--model",
+            "random_init",
+            "--model-arg",
+            "flair.projection=false",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2 and "--model-arg names model(s) ['flair']" in capsys.readouterr().err

@@ -12,21 +12,25 @@ from pathlib import Path
 import pandas as pd
 
 from fundbench.definitions import DatasetDefinition, digest_of
-from fundbench.errors import DataError
+from fundbench.errors import DataError, DatasetMissing
 from fundbench.hookspecs import hookimpl
 from fundbench.paths import cache_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 
-def _dataset_dir(definition: DatasetDefinition, data_root: Path | None) -> Path:
+def dataset_dir(definition: DatasetDefinition, data_root: Path | None) -> Path:
+    """``data_root/<options.path or id>``; ``data_root`` may also be the dataset folder
+    itself (``--dataset-root NAME=DIR``), recognised by the reader's own checks."""
     rel = definition.options.get("path", definition.id)
-    root = Path(data_root) if data_root else Path.cwd()
+    root = Path(data_root).expanduser() if data_root else Path.cwd()
     path = root / rel
     if not path.exists():
-        raise DataError(
-            f"{path}: folder for dataset {definition.id!r} not found; "
-            "pass --data-root pointing at the folder that contains it"
+        where = f"; get it from {definition.download}" if definition.download else ""
+        raise DatasetMissing(
+            f"dataset {definition.id!r} not found at {path}{where} and unpack it there, "
+            "or pass --data-root DIR (holding one folder per dataset id) or "
+            f"--dataset-root {definition.id}=DIR"
         )
     return path
 
@@ -39,6 +43,7 @@ def read_csv_table(csv_path: Path, base: Path, columns: dict[str, str]) -> pd.Da
         raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{csv_path}: cannot parse CSV ({exc})") from None
+    raw.columns = [str(c).replace("\xa0", " ").strip() for c in raw.columns]
     for ours in ("path", "label"):
         theirs = columns.get(ours, ours)
         if theirs not in raw.columns:
@@ -53,20 +58,23 @@ def read_csv_table(csv_path: Path, base: Path, columns: dict[str, str]) -> pd.Da
             if columns.get(ours, ours) in raw.columns
         }
     )
-    table["path"] = [str((base / p).resolve()) for p in table["path"]]
+    table["path"] = [str((base / p.strip()).resolve()) for p in table["path"]]
+    label = columns.get("label", "label")
+    table["origin"] = [f"{csv_path} row {i + 2} column {label!r}" for i in range(len(table))]
     return table
 
 
 def read_csv(definition: DatasetDefinition, data_root: Path | None) -> pd.DataFrame:
-    """Generic CSV: ``options: {path: DIR, file: labels.csv, columns: {path: image, ...}}``."""
-    folder = _dataset_dir(definition, data_root)
+    """Generic CSV: ``options: {path: DIR, file: labels.csv, columns: {path: image, ...}}``
+    with columns path, label and optionally patient, eye, split, caption (names mappable)."""
+    folder = dataset_dir(definition, data_root)
     columns = dict(definition.options.get("columns") or {})
     return read_csv_table(folder / definition.options.get("file", "labels.csv"), folder, columns)
 
 
 def read_imagefolder(definition: DatasetDefinition, data_root: Path | None) -> pd.DataFrame:
     """``DIR/<class>/*.jpg`` or ``DIR/<split>/<class>/*.jpg`` (RETFound-style re-splits)."""
-    folder = _dataset_dir(definition, data_root)
+    folder = dataset_dir(definition, data_root)
     has_splits = any((folder / s).is_dir() for s in ("train", "val", "test"))
     rows = []
     for split_dir in [folder / s for s in ("train", "val", "test")] if has_splits else [folder]:
