@@ -143,20 +143,26 @@ def check_state_dict(
         for k in state
         if k in shapes and tuple(state[k].shape) != shapes[k]
     ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} with the wrong shape (e.g. {'; '.join(wrong[:2])})")
+    parts = mismatch_parts(missing, unexpected, wrong)
+    if parts:
         raise CheckpointError(
             f"{path}: not a {model} checkpoint: "
             + "; ".join(parts)
             + f" ({len(state)} keys in the file, {len(shapes)} in the model)"
         )
     return {k: v for k, v in state.items() if k in shapes}
+
+
+def mismatch_parts(missing: list[str], unexpected: list[str], wrong: list[str]) -> list[str]:
+    """The counted pieces of a key-mismatch message, each with its first few keys."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        parts.append(f"{len(wrong)} with the wrong shape (e.g. {'; '.join(wrong[:2])})")
+    return parts
 
 
 def load_strict(

@@ -33,19 +33,7 @@ COLUMNS = [
     "source",
     "reliability",
 ]
-ROW_KEYS = {
-    "model",
-    "dataset",
-    "task",
-    "adapter",
-    "k",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "table",
-    "note",
-}
+ROW_KEYS = set(COLUMNS) - {"source", "reliability"}  # what a result row may set
 
 
 def reported_results(folder: Path = REFERENCE_DIR) -> pd.DataFrame:

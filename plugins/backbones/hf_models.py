@@ -26,7 +26,7 @@ import torch
 from fundbench_backbones import first_line, interpolation_name
 
 from fundbench import Model, PreprocessConfig, hookimpl
-from fundbench.checkpoints import Allowance, resolve_hf_folder, weights_digest
+from fundbench.checkpoints import Allowance, mismatch_parts, resolve_hf_folder, weights_digest
 from fundbench.errors import CheckpointError, ConfigError
 from fundbench.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -302,13 +302,7 @@ def check_loading_info(info: dict, folder: Path, name: str) -> None:
         for k, ckpt, model in info.get("mismatched_keys", ())
     )
     errors = [first_line(Exception(e)) for e in info.get("error_msgs", ())]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-    if wrong:
-        parts.append(f"{len(wrong)} with the wrong shape (e.g. {'; '.join(wrong[:2])})")
+    parts = mismatch_parts(missing, unexpected, wrong)
     if errors:
         parts.append(f"{len(errors)} load errors (e.g. {errors[0][:160]})")
     if parts:

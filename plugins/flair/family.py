@@ -97,18 +97,19 @@ class FlairFamilyModel(Model):
     template = "A fundus photograph of {}"
     max_length = 77
     allowances: tuple[Allowance, ...] = (POSITION_IDS,)
+    #: set by each member of the family
+    family_name: str
+    network_cls: type[FLAIRNetwork]
 
     def __init__(
         self,
-        network: FLAIRNetwork,
         weights: str | Path,
-        *,
-        name: str,
-        tokenizer: str | None,
-        projection: bool,
-        crop_foreground: bool,
-        device: str,
+        tokenizer: str | None = None,
+        projection: bool = True,
+        crop_foreground: bool = False,
+        device: str = "cpu",
     ) -> None:
+        name, network = self.family_name, self.network_cls()
         if not isinstance(projection, bool) or not isinstance(crop_foreground, bool):
             raise ConfigError(f"{name}: projection and crop_foreground take true or false")
         state, config = read_flair_state(weights)

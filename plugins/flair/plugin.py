@@ -50,28 +50,13 @@ FLAIR_PRETRAINING = (
 
 
 class FLAIRModel(FlairFamilyModel):
-    """FLAIR: ResNet-50 + Bio_ClinicalBERT, 512-d projections, 512 px canvas input."""
+    """FLAIR: ResNet-50 + Bio_ClinicalBERT, 512-d projections, 512 px canvas input.
+    Options: ``tokenizer``, ``projection``, ``crop_foreground`` (see FlairFamilyModel)."""
 
+    family_name = "flair"
+    network_cls = FLAIRNetwork
     pretraining_datasets = FLAIR_PRETRAINING
     modalities = frozenset({"cfp"})
-
-    def __init__(
-        self,
-        weights: str,
-        tokenizer: str | None = None,
-        projection: bool = True,
-        crop_foreground: bool = False,
-        device: str = "cpu",
-    ) -> None:
-        super().__init__(
-            FLAIRNetwork(),
-            weights,
-            name="flair",
-            tokenizer=tokenizer,
-            projection=projection,
-            crop_foreground=crop_foreground,
-            device=device,
-        )
 
 
 @hookimpl

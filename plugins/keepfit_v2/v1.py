@@ -27,28 +27,14 @@ class KeepFITV1Network(FLAIRNetwork):
 
 
 class KeepFITV1Model(FlairFamilyModel):
-    """KeepFIT V1 embeddings: 512-d projected, L2-normalised image and text vectors."""
+    """KeepFIT V1 embeddings: 512-d projected, L2-normalised image and text vectors.
+    V1 never crops the foreground (it predates FLAIR's crop); the option stays available."""
 
+    family_name = "keepfit_v1"
+    network_cls = KeepFITV1Network
     max_length = 256
     pretraining_datasets = (*FLAIR_PRETRAINING, "MM-Retinal")
     modalities = frozenset({"cfp"})
-
-    def __init__(
-        self,
-        weights: str,
-        tokenizer: str | None = None,
-        projection: bool = True,
-        device: str = "cpu",
-    ) -> None:
-        super().__init__(
-            KeepFITV1Network(),
-            weights,
-            name="keepfit_v1",
-            tokenizer=tokenizer,
-            projection=projection,
-            crop_foreground=False,
-            device=device,
-        )
 
 
 @hookimpl
