@@ -11,8 +11,15 @@ from typing import Any
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename."""
+    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename.
+
+    A target that exists and is not a regular file (``/dev/null``, a pipe) is written
+    through instead: renaming onto it would replace the device with a file.
+    """
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        write(path)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -88,9 +88,12 @@ def _details(entry) -> str:
 
 
 def _add_subcommands() -> None:
+    from fundbench import cli_leaderboard, cli_screenshot
     from fundbench.cli_data import data_app
 
     app.add_typer(data_app, name="data")
+    cli_leaderboard.register(app)
+    cli_screenshot.register(app)
 
 
 _add_subcommands()
@@ -253,15 +256,30 @@ def train(
 
 @app.command()
 def report(
-    results: Path = typer.Argument(..., help="A results folder from fundbench run."),
+    results: list[Path] = typer.Argument(..., help="Result folder(s) from fundbench run."),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="HTML file [default: RESULTS/report.html]."
+        None, "-o", "--output", help="HTML file [default: RESULTS/report.html, or diff.html]."
     ),
+    diff: bool = typer.Option(
+        False, "--diff", help="Compare two result folders (RUN_A RUN_B) cell by cell."
+    ),
+    title: str | None = typer.Option(None, help="Report title."),
 ):
-    """Render an HTML report of a results folder."""
+    """Render the HTML comparison report of one or more runs (merged), or with --diff what
+    changed between two runs."""
+    if diff:
+        if len(results) != 2:
+            raise ConfigError(f"--diff compares exactly two result folders, got {len(results)}")
+        from fundbench.diff import diff_runs, diff_summary, render_diff
+
+        frame = diff_runs(results[0], results[1])
+        path = render_diff(results[0], results[1], output or Path("diff.html"), frame=frame)
+        stdout.print(diff_summary(frame), highlight=False, markup=False)
+        console.print(f"diff report written to {path}", highlight=False)
+        return
     from fundbench.report import render_report
 
-    path = render_report(results, output or results / "report.html")
+    path = render_report(list(results), output or results[0] / "report.html", title=title)
     console.print(f"report written to {path}", highlight=False)
 
 

@@ -1,20 +1,30 @@
-"""A basic HTML report of a results folder (tables with CIs, few-shot means, provenance).
+"""The HTML comparison report: one self-contained file (Jinja, autoescaped, plots inlined).
 
-Everything shown passes through Jinja's autoescaping: names from plugins are never markup.
+``render_report(results_folders, output)`` reads every record once and lays out: the
+summary leaderboards (models x datasets, mean and mean rank), per-protocol tables with 95%
+CIs and paired significance against the best model (Holm-corrected across datasets),
+few-shot curves, per-dataset bars, confusion matrices, contamination flags, published
+("reported") numbers beside ours, what did not run and why, and the provenance of each run.
+Everything a plugin or a user named passes through autoescaping.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import pandas as pd
 from fundbench_reports import TEMPLATES_DIR
 
+from fundbench import leaderboard, plots
 from fundbench.atomic import write_text_atomic
 from fundbench.errors import DataError
-from fundbench.results import load_results
+from fundbench.metrics import holm_correction, paired_bootstrap_pvalue
+from fundbench.reference import reported_vs_reproduced
+from fundbench.results import iter_records, load_results
 
 HEADLINE = "aca"
 METRIC_LABELS = {
@@ -24,76 +34,344 @@ METRIC_LABELS = {
     "auroc": "AUROC",
     "kappa": "κ (quadratic)",
 }
+PROTOCOL_LABELS = {"zero_shot": "Zero-shot", "few_shot": "Few-shot", "linear_probe": "Linear probe"}
+#: Paired bootstrap resamples per significance test (the report is rendered often).
+SIGNIFICANCE_RESAMPLES = 500
+ALPHA = 0.05
+MAX_CONFUSION = 30
 
 
-def _fmt(value: float, low: float, high: float) -> str:
-    if pd.isna(value):
+@dataclass
+class Runs:
+    """Everything read from one or more result folders."""
+
+    folders: list[Path]
+    everything: pd.DataFrame  # load_results(..., include_not_applicable=True)
+    records: dict[tuple, dict]  # cell key -> record (ok cells only)
+    infos: list[tuple[Path, dict]]
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.everything[self.everything["status"] == "ok"]
+
+
+def _cell_key(cell: dict) -> tuple:
+    return tuple(cell.get(k) for k in ("model", "dataset", "task", "adapter", "k", "seed"))
+
+
+def read_runs(folders: list[Path]) -> Runs:
+    """Merge result folders; a cell present in several keeps the last folder's record."""
+    frames, records, infos = [], {}, []
+    for folder in folders:
+        frames.append(load_results(folder, include_not_applicable=True))
+        for record in iter_records(folder):
+            if record["status"] == "ok":
+                records[_cell_key(record["cell"])] = record
+        run_path = folder / "run.json"
+        infos.append((folder, json.loads(run_path.read_text()) if run_path.exists() else {}))
+    everything = pd.concat(frames, ignore_index=True)
+    keys = ["model", "dataset", "task", "adapter", "k", "seed", "metric"]
+    everything = everything.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
+    return Runs(folders, everything, records, infos)
+
+
+def _fmt(value, low=None, high=None, std=None, n=None) -> str:
+    if value is None or pd.isna(value):
         return "–"
-    ci = "" if pd.isna(low) else f" [{low:.3f}, {high:.3f}]"
-    return f"{value:.3f}{ci}"
+    if low is not None and pd.notna(low):
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    if n is not None and n > 1:
+        return f"{value:.3f} ± {0.0 if pd.isna(std) else std:.3f} (n={int(n)})"
+    return f"{value:.3f}"
 
 
-def _single_cell_tables(frame: pd.DataFrame) -> dict[str, list[dict]]:
-    """Zero-shot and linear-probe rows per dataset: one row per (model, task, adapter)."""
-    single = frame[frame["k"].isna()]
-    tables: dict[str, list[dict]] = {}
-    for (dataset, model, task, adapter), part in single.groupby(
-        ["dataset", "model", "task", "adapter"], sort=True
-    ):
-        cells = {r.metric: _fmt(r.value, r.ci_low, r.ci_high) for r in part.itertuples()}
-        tables.setdefault(dataset, []).append(
-            {"model": model, "task": task, "adapter": adapter, "metrics": cells}
+def _reasons(everything: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """(model, dataset, protocol) -> why it did not apply."""
+    na = everything[everything["status"] == "not_applicable"]
+    return {
+        (r.model, r.dataset, r.protocol): r.reason
+        for r in na.drop_duplicates(["model", "dataset", "protocol"]).itertuples()
+    }
+
+
+def _boards(summary: pd.DataFrame, runs: Runs, models: list[str]) -> list[dict]:
+    """Summary leaderboards: headline ACA per protocol, models x datasets."""
+    seen = leaderboard.seen_pairs(summary)
+    reasons = _reasons(runs.everything)
+    out = []
+    for protocol, label in PROTOCOL_LABELS.items():
+        table = leaderboard.board(summary, protocol, HEADLINE)
+        if table.empty:
+            continue
+        datasets = [c for c in table.columns if c not in ("mean", "mean rank")]
+        rows = []
+        for model in list(table.index) + [m for m in models if m not in table.index]:
+            cells = []
+            for dataset in datasets:
+                value = table.loc[model, dataset] if model in table.index else np.nan
+                reason = reasons.get((model, dataset, protocol))
+                cells.append(
+                    {
+                        "text": _fmt(value)
+                        if pd.notna(value)
+                        else ("n/a" if reason else "not run"),
+                        "title": reason or "",
+                        "na": pd.isna(value),
+                        "seen": (model, dataset) in seen,
+                    }
+                )
+            in_table = model in table.index
+            rows.append(
+                {
+                    "model": model,
+                    "cells": cells,
+                    "mean": _fmt(table.loc[model, "mean"]) if in_table else "–",
+                    "rank": f"{table.loc[model, 'mean rank']:.2f}" if in_table else "–",
+                }
+            )
+        out.append({"protocol": protocol, "label": label, "datasets": datasets, "rows": rows})
+    return out
+
+
+def _significance(head: pd.DataFrame, runs: Runs) -> dict[tuple, dict]:
+    """Each model's headline cell against the best model's on the same test images, by
+    paired bootstrap; p-values Holm-corrected across datasets per (protocol, model)."""
+    tests: dict[tuple[str, str], list] = {}
+    part = head[(head["metric"] == HEADLINE) & (head["n"] == 1)]
+    for (protocol, dataset), rows in part.groupby(["protocol", "dataset"]):
+        if len(rows) < 2:
+            continue
+        best = rows.loc[rows["value"].idxmax()]
+        best_record = _record_for(best, runs)
+        for row in rows.itertuples():
+            record = _record_for(row._asdict(), runs)
+            if row.model == best["model"] or record is None or best_record is None:
+                continue
+            p = _paired_p(record, best_record)
+            tests.setdefault((protocol, row.model), []).append((dataset, p, best["model"]))
+    marks = {}
+    for (protocol, model), items in tests.items():
+        adjusted = holm_correction([p for _, p, _ in items])
+        for (dataset, p, best), p_holm in zip(items, adjusted, strict=True):
+            significant = pd.notna(p_holm) and p_holm < ALPHA
+            marks[(protocol, dataset, model)] = {
+                "mark": "▼" if significant else "≈",
+                "title": (
+                    f"vs {best}: paired bootstrap p = {p:.3g}, Holm-adjusted {p_holm:.3g}"
+                    if pd.notna(p_holm)
+                    else f"vs {best}: not comparable"
+                ),
+            }
+    return marks
+
+
+def _record_for(row, runs: Runs) -> dict | None:
+    k = row["k"]
+    key = (
+        row["model"],
+        row["dataset"],
+        row["task"],
+        row["adapter"],
+        None if pd.isna(k) else int(k),
+        None,
+    )
+    return runs.records.get(key)
+
+
+def _paired_p(a: dict, b: dict) -> float:
+    pa, pb = a["predictions"], b["predictions"]
+    if pa["image_ids"] != pb["image_ids"] or pa["y_true"] != pb["y_true"]:
+        return float("nan")  # different test images: no paired test
+    return paired_bootstrap_pvalue(
+        np.asarray(pa["y_true"]),
+        np.asarray(pa["probs"]),
+        np.asarray(pb["probs"]),
+        metric=HEADLINE,
+        n_resamples=SIGNIFICANCE_RESAMPLES,
+        seed=0,
+    )
+
+
+def _protocol_tables(summary: pd.DataFrame, marks: dict, seen: set) -> list[dict]:
+    """Zero-shot and linear-probe cells per dataset with every metric and its CI."""
+    tables = []
+    order = {p: i for i, p in enumerate(PROTOCOL_LABELS)}
+    single = summary[summary["protocol"] != "few_shot"]
+    single = single.assign(_order=single["protocol"].map(order)).sort_values(["_order", "dataset"])
+    metrics = [m for m in METRIC_LABELS if m in set(single["metric"])]
+    for (_, protocol, dataset), part in single.groupby(["_order", "protocol", "dataset"]):
+        rows = []
+        for (model, task, adapter), cell in part.groupby(["model", "task", "adapter"]):
+            values = {
+                r.metric: _fmt(r.value, r.ci_low, r.ci_high, r.std, r.n) for r in cell.itertuples()
+            }
+            rows.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "adapter": adapter,
+                    "values": values,
+                    "mark": marks.get((protocol, dataset, model)),
+                    "seen": (model, dataset) in seen,
+                }
+            )
+        tables.append(
+            {
+                "protocol": protocol,
+                "label": PROTOCOL_LABELS[protocol],
+                "dataset": dataset,
+                "metrics": metrics,
+                "rows": rows,
+            }
         )
     return tables
 
 
-def _few_shot_tables(frame: pd.DataFrame) -> tuple[dict[str, list[dict]], list[int]]:
-    few = frame[frame["k"].notna() & (frame["metric"] == HEADLINE)]
-    shots = sorted(int(k) for k in few["k"].unique())
-    tables: dict[str, list[dict]] = {}
-    stats = few.groupby(["dataset", "model", "adapter", "k"])["value"].agg(["mean", "std", "count"])
-    for (dataset, model, adapter), part in stats.groupby(level=[0, 1, 2]):
-        by_k = {
-            int(k): f"{row['mean']:.3f} ± {0 if pd.isna(row['std']) else row['std']:.3f} "
-            f"(n={int(row['count'])})"
-            for (_, _, _, k), row in part.iterrows()
+def _few_shot(runs: Runs, summary: pd.DataFrame) -> list[dict]:
+    """Per dataset: the K x model table (mean ± SD over seeds) and the curve."""
+    few = runs.ok[(runs.ok["protocol"] == "few_shot") & (runs.ok["metric"] == HEADLINE)]
+    out = []
+    for dataset, part in few.groupby("dataset", sort=True):
+        shots = sorted(int(k) for k in part["k"].dropna().unique())
+        stats = part.groupby(["model", "task", "adapter", "k"])["value"].agg(
+            ["mean", "std", "count"]
+        )
+        rows = []
+        for (model, task, adapter), by in stats.groupby(level=[0, 1, 2]):
+            by_k = {
+                int(k): _fmt(r["mean"], std=r["std"], n=r["count"])
+                for (_, _, _, k), r in by.iterrows()
+            }
+            rows.append({"model": model, "task": task, "adapter": adapter, "by_k": by_k})
+        adapter = next(
+            (a for a in leaderboard.HEADLINE_ADAPTERS["few_shot"] if a in set(part["adapter"])),
+            part["adapter"].iloc[0],
+        )
+        curve = part[part["adapter"] == adapter].astype({"k": int})
+        out.append(
+            {
+                "dataset": dataset,
+                "shots": shots,
+                "rows": rows,
+                "adapter": adapter,
+                "plot": plots.few_shot_curve(curve, dataset, METRIC_LABELS[HEADLINE]),
+            }
+        )
+    return out
+
+
+def _bars(head: pd.DataFrame) -> list[dict]:
+    out = []
+    for protocol, label in PROTOCOL_LABELS.items():
+        part = head[(head["protocol"] == protocol) & (head["metric"] == HEADLINE)]
+        if not part.empty:
+            title = f"{label}: headline {METRIC_LABELS[HEADLINE]} per dataset"
+            out.append({"label": label, "plot": plots.dataset_bars(part, title, "ACA")})
+    return out
+
+
+def _confusions(head: pd.DataFrame, runs: Runs) -> list[dict]:
+    """Confusion matrices of each (model, dataset) headline single cell, linear probe first."""
+    out, done = [], set()
+    for protocol in ("linear_probe", "zero_shot"):
+        part = head[(head["protocol"] == protocol) & (head["metric"] == HEADLINE)]
+        for row in part.sort_values(["dataset", "model"]).to_dict("records"):
+            record = _record_for(row, runs)
+            if record is None or (row["model"], row["dataset"]) in done:
+                continue
+            done.add((row["model"], row["dataset"]))
+            title = f"{row['model']} · {row['dataset']} ({PROTOCOL_LABELS[protocol]})"
+            p = record["predictions"]
+            out.append(
+                {
+                    "title": title,
+                    "plot": plots.confusion_matrix(
+                        p["y_true"], p["probs"], record["classes"], title
+                    ),
+                }
+            )
+            if len(out) >= MAX_CONFUSION:
+                return out
+    return out
+
+
+def _reported(runs: Runs) -> list[dict]:
+    both = reported_vs_reproduced(runs.ok)
+    ran = set(zip(runs.ok["model"], runs.ok["dataset"], strict=True))
+    rows = both[[(m, d) in ran for m, d in zip(both["model"], both["dataset"], strict=True)]]
+    return [
+        {
+            **r,
+            "k": "" if pd.isna(r["k"]) else int(r["k"]),
+            "reported": f"{r['reported']:.3f}",
+            "reproduced": _fmt(r["reproduced"], std=r["reproduced_std"], n=r["n"]),
+            "difference": "" if pd.isna(r["difference"]) else f"{r['difference']:+.3f}",
         }
-        tables.setdefault(dataset, []).append({"model": model, "adapter": adapter, "by_k": by_k})
-    return tables, shots
+        for r in rows.to_dict("records")
+    ]
 
 
-def _not_applicable(frame: pd.DataFrame) -> list[dict]:
-    """One row per (model, dataset, task, adapter, reason) that was not applicable."""
-    rows = frame[frame["status"] == "not_applicable"]
-    columns = ["model", "dataset", "task", "adapter", "reason"]
-    return rows[columns].drop_duplicates().to_dict("records")
+def _provenance(runs: Runs) -> list[dict]:
+    out = []
+    for folder, info in runs.infos:
+        env = info.get("environment", {})
+        packages = env.get("packages", {})
+        config = info.get("config", {})
+        out.append(
+            {
+                "folder": str(folder),
+                "version": env.get("fundbench_version", "?"),
+                "commit": env.get("git_commit") or "?",
+                "device": env.get("device", "?"),
+                "python": env.get("python", "?"),
+                "packages": ", ".join(f"{k} {v}" for k, v in sorted(packages.items())),
+                "wall_s": info.get("wall_s", "?"),
+                "cells": info.get("cells", {}),
+                "seeds": config.get("seeds") or "task defaults",
+                "models": info.get("models", {}),
+                "datasets": info.get("datasets", {}),
+                "missing": info.get("missing_datasets", {}),
+                "problems": info.get("plugin_problems", []),
+            }
+        )
+    return out
 
 
-def render_report(results: str | Path, output: str | Path) -> Path:
-    results, output = Path(results), Path(output)
-    everything = load_results(results, include_not_applicable=True)  # one read of the records
-    frame = everything[everything["status"] == "ok"]
-    run_path = results / "run.json"
-    run_info = json.loads(run_path.read_text()) if run_path.exists() else {}
-    if frame.empty and not run_info:
-        raise DataError(f"{results}: no result records to report")
-    few_shot, shots = _few_shot_tables(frame)
+def render_report(results: str | Path | list, output: str | Path, title: str | None = None) -> Path:
+    """Render ``results`` (one result folder or several, merged) to ``output``."""
+    folders = [Path(r) for r in (results if isinstance(results, list | tuple) else [results])]
+    for folder in folders:
+        if not (folder / "records").is_dir() and not (folder / "run.json").exists():
+            raise DataError(f"{folder}: no results here (expected records/ from fundbench run)")
+    runs = read_runs(folders)
+    if runs.everything.empty and not any(info for _, info in runs.infos):
+        raise DataError(f"{folders[0]}: no result records to report")
+    summary = leaderboard.summarise(runs.ok)
+    head = leaderboard.headline(summary)
+    models = sorted(set(runs.everything["model"]))
+    seen = leaderboard.seen_pairs(summary)
+    marks = _significance(head, runs)
+    na = runs.everything[runs.everything["status"] == "not_applicable"]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
     html = env.get_template("report.html.j2").render(
-        title=f"fundbench report: {results.name}",
-        datasets=sorted(frame["dataset"].unique()) if not frame.empty else [],
-        single=_single_cell_tables(frame),
-        few_shot=few_shot,
-        shots=shots,
-        metrics=[m for m in METRIC_LABELS if m in set(frame["metric"])],
+        title=title or f"fundbench report: {', '.join(f.name for f in folders)}",
+        models=models,
+        boards=_boards(summary, runs, models),
+        tables=_protocol_tables(summary, marks, seen),
+        few_shot=_few_shot(runs, summary),
+        bars=_bars(head),
+        confusions=_confusions(head, runs),
+        reported=_reported(runs),
+        not_applicable=na[["model", "dataset", "task", "adapter", "reason"]]
+        .drop_duplicates()
+        .to_dict("records"),
         metric_labels=METRIC_LABELS,
-        not_applicable=_not_applicable(everything),
-        run=run_info,
-        run_json=json.dumps(run_info.get("environment", {}), indent=1),
+        provenance=_provenance(runs),
+        alpha=ALPHA,
     )
-    write_text_atomic(output, html)
-    return output
+    write_text_atomic(Path(output), html)
+    return Path(output)

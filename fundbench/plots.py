@@ -1,0 +1,104 @@
+"""Report figures (seaborn/matplotlib), returned as PNG ``data:`` URIs to inline in HTML.
+
+Each function takes tidy data and returns one self-contained image, so the report stays a
+single file that opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: figures are only ever written to bytes
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="paper")
+
+
+def to_data_uri(fig: plt.Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def few_shot_curve(few: pd.DataFrame, dataset: str, metric_label: str) -> str:
+    """``metric`` against K, one line per model, band = ±1 SD over seeds (``few``: the
+    dataset's few-shot rows of one adapter, one row per seed)."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    sns.lineplot(data=few, x="k", y="value", hue="model", marker="o", errorbar="sd", ax=ax)
+    ax.set_xscale("log", base=2)
+    shots = sorted(few["k"].unique())
+    ax.set_xticks(shots, [str(int(k)) for k in shots])
+    ax.set(xlabel="K images per class", ylabel=metric_label, title=dataset)
+    ax.legend(fontsize=7, title=None)
+    return to_data_uri(fig)
+
+
+def dataset_bars(head: pd.DataFrame, title: str, metric_label: str) -> str:
+    """Headline values per dataset (x) and model (hue), with CI whiskers where known."""
+    width = max(4.0, 1.1 * head["dataset"].nunique() + 1.5)
+    fig, ax = plt.subplots(figsize=(width, 3.2))
+    order = sorted(head["dataset"].unique())
+    models = sorted(head["model"].unique())
+    sns.barplot(
+        data=head,
+        x="dataset",
+        y="value",
+        hue="model",
+        order=order,
+        hue_order=models,
+        errorbar=None,
+        ax=ax,
+    )
+    for container, model in zip(ax.containers, models, strict=False):
+        rows = head[head["model"] == model].set_index("dataset")
+        for bar, dataset in zip(container, order, strict=False):
+            if dataset in rows.index and pd.notna(rows.loc[dataset, "ci_low"]):
+                x = bar.get_x() + bar.get_width() / 2
+                ax.plot(
+                    [x, x],
+                    [rows.loc[dataset, "ci_low"], rows.loc[dataset, "ci_high"]],
+                    color="#333",
+                    linewidth=0.8,
+                )
+    ax.set(xlabel="", ylabel=metric_label, title=title, ylim=(0, 1))
+    ax.tick_params(axis="x", rotation=20)
+    ax.legend(fontsize=7, title=None, loc="lower right")
+    return to_data_uri(fig)
+
+
+def confusion_matrix(
+    y_true: list[int], probs: list[list[float]], classes: list[str], title: str
+) -> str:
+    """Row-normalised confusion matrix (rows: true class), counts in the cells."""
+    y = np.asarray(y_true, dtype=int)
+    pred = np.asarray(probs, dtype=float).argmax(axis=1)
+    n = len(classes)
+    counts = np.zeros((n, n), dtype=int)
+    np.add.at(counts, (y, pred), 1)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 1.2 + 0.45 * n
+    fig, ax = plt.subplots(figsize=(size + 0.8, size))
+    sns.heatmap(
+        rates,
+        annot=counts,
+        fmt="d",
+        cmap="Blues",
+        vmin=0,
+        vmax=1,
+        cbar=False,
+        xticklabels=classes,
+        yticklabels=classes,
+        ax=ax,
+        annot_kws={"fontsize": 7},
+    )
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.tick_params(labelsize=7)
+    return to_data_uri(fig)
