@@ -148,13 +148,14 @@ def _significance(head: pd.DataFrame, runs: Runs) -> dict[tuple, dict]:
             if row.model == best["model"] or record is None or best_record is None:
                 continue
             p = _paired_p(record, best_record)
-            tests.setdefault((protocol, row.model), []).append((dataset, p, best["model"]))
+            cell = (dataset, row.task, row.adapter)
+            tests.setdefault((protocol, row.model), []).append((cell, p, best["model"]))
     marks = {}
     for (protocol, model), items in tests.items():
         adjusted = holm_correction([p for _, p, _ in items])
-        for (dataset, p, best), p_holm in zip(items, adjusted, strict=True):
+        for ((dataset, task, adapter), p, best), p_holm in zip(items, adjusted, strict=True):
             significant = pd.notna(p_holm) and p_holm < ALPHA
-            marks[(protocol, dataset, model)] = {
+            marks[(protocol, dataset, model, task, adapter)] = {
                 "mark": "▼" if significant else "≈",
                 "title": (
                     f"vs {best}: paired bootstrap p = {p:.3g}, Holm-adjusted {p_holm:.3g}"
@@ -211,7 +212,7 @@ def _protocol_tables(summary: pd.DataFrame, marks: dict, seen: set) -> list[dict
                     "task": task,
                     "adapter": adapter,
                     "values": values,
-                    "mark": marks.get((protocol, dataset, model)),
+                    "mark": marks.get((protocol, dataset, model, task, adapter)),
                     "seen": (model, dataset) in seen,
                 }
             )

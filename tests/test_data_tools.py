@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -158,3 +159,13 @@ def test_info_says_where_to_get_it(capsys):
     assert main(["data", "info", "idrid"]) == 0
     out = capsys.readouterr().out
     assert "ieee-dataport.org" in out and "CC BY 4.0" in out and "train" not in out[:0]
+
+
+def test_verify_works_on_a_generated_synthetic_dataset(tmp_path, capsys, host):
+    dataset = load_dataset("synth_glaucoma", host=host)
+    folder = Path(dataset.table["path"].iloc[0]).parents[1]  # <folder>/images/<file>
+    manifest = tmp_path / "m.csv"
+    code = main(["data", "verify", "synth_glaucoma", "--root", str(folder), "--manifest",
+                 str(manifest)])
+    assert code == 0, capsys.readouterr().out
+    assert f"manifest_digest={dataset.manifest_digest}" in manifest.read_text().splitlines()[0]

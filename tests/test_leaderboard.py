@@ -379,3 +379,19 @@ def test_output_to_stdout_dash_and_to_a_pipe_keeps_the_pipe(toy_results, tmp_pat
     reader.join(timeout=30)
     assert code == 0 and received and received[0].startswith("model,dataset")
     assert not fifo.is_file() and fifo.exists()  # written through, not renamed over
+
+
+def test_committed_leaderboard_of_the_embedded_suite_is_a_valid_baseline():
+    """reports/leaderboard.json (scripts/update-leaderboard.sh) is what the example CI gates
+    on: it must read back and cover both models on the five synthetic datasets."""
+    from fundbench.gate import read_leaderboard
+
+    root = Path(__file__).resolve().parents[1] / "reports"
+    rows = read_leaderboard(root / "leaderboard.json")
+    datasets = {f"synth_{d}" for d in ("dr", "glaucoma", "multidisease", "ffa", "oct")}
+    assert set(rows["dataset"]) == datasets
+    assert set(rows["model"]) == {"random_init", "keepfit_v2"}
+    assert set(rows["protocol"]) == {"zero_shot", "few_shot", "linear_probe"}
+    assert rows["value"].between(0, 1).all()
+    board = (root / "leaderboard.md").read_text()
+    assert "keepfit_v2" in board and "random_init" in board and "mean rank" in board

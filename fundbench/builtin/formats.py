@@ -97,6 +97,9 @@ def read_synthfundus(definition: DatasetDefinition, data_root: Path | None) -> p
     from fundbench.synth import generate_dataset  # heavy drawing code: import on use
 
     opts = dict(definition.options)
+    given = opts.pop("path", None)  # an explicit folder (e.g. `data verify --root`)
+    if given and (Path(given) / "labels.csv").exists():
+        return read_csv_table(Path(given) / "labels.csv", Path(given), {"path": "image"})
     family = opts.pop("family")
     base = Path(data_root) if data_root else cache_dir() / "synthfundus"
     folder = base / f"{definition.id}-{digest_of({'family': family, **opts})[:12]}"
