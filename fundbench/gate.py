@@ -319,7 +319,8 @@ def markdown_boards(
     level: int = 2,
 ) -> str:
     """The headline boards (models x datasets, mean, mean rank) of ``metric``, one per
-    protocol, as Markdown tables. ``*`` marks a dataset in the model's pretraining data."""
+    protocol, as Markdown tables. ``*`` marks a dataset in the model's pretraining data;
+    ``n/a``: the model has no result for the protocol (see the report for the reason)."""
     chosen = list(protocols) if protocols else _protocols(summary)
     seen = seen_pairs(summary) if len(summary) else set()
     parts = []
@@ -339,6 +340,9 @@ def markdown_boards(
                 cells.append(_num(row[dataset]) + mark)
             cells += [_num(row["mean"]), _num(row["mean rank"], digits=2)]
             rows.append(cells)
+        # Models with no result for this protocol (e.g. no text tower) are listed, not dropped.
+        for model in sorted(set(summary["model"]) - set(table.index)):
+            rows.append([_md(model), *["n/a"] * len(datasets), "n/a", "n/a"])
         parts.append("\n" + _md_table([_md(h) for h in header], rows) + "\n")
     if seen:
         parts.append("\\* the model's pretraining data contains this dataset.\n")

@@ -395,3 +395,32 @@ def test_committed_leaderboard_of_the_embedded_suite_is_a_valid_baseline():
     assert rows["value"].between(0, 1).all()
     board = (root / "leaderboard.md").read_text()
     assert "keepfit_v2" in board and "random_init" in board and "mean rank" in board
+
+
+def test_markdown_lists_models_without_a_protocol_as_na():
+    from fundbench.leaderboard import summarise
+
+    rows = []
+    for model, protocols in (("a", ("zero_shot", "linear_probe")), ("b", ("linear_probe",))):
+        for protocol in protocols:
+            adapter = "prompt_ensemble" if protocol == "zero_shot" else "tuned"
+            rows.append(
+                {
+                    "model": model,
+                    "dataset": "d",
+                    "task": protocol,
+                    "protocol": protocol,
+                    "adapter": adapter,
+                    "k": pd.NA,
+                    "seed": pd.NA,
+                    "metric": "aca",
+                    "value": 0.7,
+                    "ci_low": 0.6,
+                    "ci_high": 0.8,
+                    "status": "ok",
+                    "seen_in_pretraining": False,
+                }
+            )
+    summary = summarise(pd.DataFrame(rows))
+    text = gate.markdown_boards(summary, protocols=["zero_shot"])
+    assert "| a | 0.7000 |" in text and "| b | n/a | n/a | n/a |" in text
