@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
 from collections.abc import Iterable, Mapping
@@ -280,11 +279,6 @@ def resolve_hf_folder(
     except (LocalEntryNotFoundError, OSError, ValueError):
         return None
     return Path(folder)
-
-
-def env_path(var: str) -> Path | None:
-    value = os.environ.get(var)
-    return Path(value).expanduser() if value else None
 
 
 def _first(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ import pandas as pd
 from fundbench.atomic import write_text_atomic
 from fundbench.errors import DataError
 from fundbench.leaderboard import KEYS, board, seen_pairs, summarise
-from fundbench.results import iter_records, load_results
+from fundbench.results import iter_records, load_results, tidy
 
 SCHEMA = "fundbench-leaderboard-1"
 #: Slack added to ``max_drop`` so that a drop equal to the tolerance up to float rounding
@@ -45,8 +45,9 @@ _CELL_KEYS = ["model", "dataset", "task", "protocol", "adapter", "k", "seed", "m
 # --------------------------------------------------------------------------------------
 
 
-def merge_results(folders: Sequence[str | Path]) -> pd.DataFrame:
-    """The tidy results of several result folders as one table.
+def merge_results(folders: Sequence[str | Path | tuple[str | Path, pd.DataFrame]]) -> pd.DataFrame:
+    """The tidy results of several result folders (or already-read (folder, table) pairs)
+    as one table.
 
     A cell (model, dataset, task, adapter, k, seed, metric) found in more than one folder
     with the same value counts once; with different values the merge is ambiguous, so it
@@ -56,8 +57,8 @@ def merge_results(folders: Sequence[str | Path]) -> pd.DataFrame:
         raise DataError("no results folder given")
     frames = []
     for folder in folders:
-        frame = load_results(folder)
-        frame["_folder"] = str(folder)
+        frame = load_results(folder) if isinstance(folder, str | Path) else folder[1]
+        frame["_folder"] = str(folder if isinstance(folder, str | Path) else folder[0])
         frames.append(frame)
     merged = pd.concat(frames, ignore_index=True)
     keys = merged[_CELL_KEYS].astype(object).where(merged[_CELL_KEYS].notna(), None)
@@ -77,11 +78,11 @@ def merge_results(folders: Sequence[str | Path]) -> pd.DataFrame:
     return merged.drop(columns="_folder").reset_index(drop=True)
 
 
-def run_digest(folder: str | Path) -> str:
+def run_digest(records: Iterable[dict]) -> str:
     """SHA-256 over every record's cell, fingerprint, status and metrics: two folders with the
     same digest hold the same numbers computed from the same inputs."""
     digest = hashlib.sha256()
-    for record in iter_records(Path(folder)):
+    for record in records:
         item = {k: record.get(k) for k in ("cell", "fingerprint", "status", "metrics")}
         digest.update(json.dumps(item, sort_keys=True, allow_nan=True).encode())
         digest.update(b"\n")
@@ -92,11 +93,17 @@ def build_leaderboard(folders: Sequence[str | Path]) -> tuple[pd.DataFrame, dict
     """(summary rows, generated_by) of one or more result folders, merged."""
     from fundbench.provenance import fundbench_version
 
-    summary = summarise(merge_results(folders))
+    read = []
+    for folder in folders:
+        if not (Path(folder) / "records").is_dir():
+            load_results(folder)  # raises the one-line "no results here" error
+        records = list(iter_records(Path(folder)))  # one pass: table and digest
+        read.append((folder, tidy(records), run_digest(records)))
+    summary = summarise(merge_results([(folder, frame) for folder, frame, _ in read]))
     generated_by = {
         "fundbench_version": fundbench_version(),
         "results": [str(f) for f in folders],
-        "runs": [{"folder": str(f), "digest": run_digest(f)} for f in folders],
+        "runs": [{"folder": str(f), "digest": digest} for f, _, digest in read],
     }
     return summary, generated_by
 

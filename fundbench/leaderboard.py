@@ -44,9 +44,7 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
 def headline(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, dataset, protocol, metric): the protocol's headline cell."""
     rows = []
-    for (_, _, protocol), part in summary.groupby(
-        ["model", "dataset", "protocol"], sort=True
-    ):
+    for (_, _, protocol), part in summary.groupby(["model", "dataset", "protocol"], sort=True):
         for adapter in HEADLINE_ADAPTERS.get(protocol, ()):
             chosen = part[part["adapter"] == adapter]
             if len(chosen):

@@ -7,31 +7,49 @@ single file that opens offline.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 
 import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display: figures are only ever written to bytes
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-sns.set_theme(style="whitegrid", context="paper")
+#: Applied per figure, not with ``sns.set_theme`` at import: importing the report must not
+#: restyle a user's own matplotlib figures (e.g. in a notebook).
+STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper")}
 
 
-def to_data_uri(fig: plt.Figure) -> str:
+def styled(draw):
+    """Run a figure-drawing function under :data:`STYLE`."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+def figure(width: float, height: float) -> tuple[Figure, object]:
+    """A figure outside pyplot: no backend is selected and no global figure list grows, so
+    rendering a report neither needs a display nor touches a notebook's state."""
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
+
+
+def to_data_uri(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+@styled
 def few_shot_curve(few: pd.DataFrame, dataset: str, metric_label: str) -> str:
     """``metric`` against K, one line per model, band = ±1 SD over seeds (``few``: the
     dataset's few-shot rows of one adapter, one row per seed)."""
-    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    fig, ax = figure(4.6, 3.2)
     sns.lineplot(data=few, x="k", y="value", hue="model", marker="o", errorbar="sd", ax=ax)
     ax.set_xscale("log", base=2)
     shots = sorted(few["k"].unique())
@@ -41,10 +59,11 @@ def few_shot_curve(few: pd.DataFrame, dataset: str, metric_label: str) -> str:
     return to_data_uri(fig)
 
 
+@styled
 def dataset_bars(head: pd.DataFrame, title: str, metric_label: str) -> str:
     """Headline values per dataset (x) and model (hue), with CI whiskers where known."""
     width = max(4.0, 1.1 * head["dataset"].nunique() + 1.5)
-    fig, ax = plt.subplots(figsize=(width, 3.2))
+    fig, ax = figure(width, 3.2)
     order = sorted(head["dataset"].unique())
     models = sorted(head["model"].unique())
     sns.barplot(
@@ -74,6 +93,7 @@ def dataset_bars(head: pd.DataFrame, title: str, metric_label: str) -> str:
     return to_data_uri(fig)
 
 
+@styled
 def confusion_matrix(
     y_true: list[int], probs: list[list[float]], classes: list[str], title: str
 ) -> str:
@@ -85,7 +105,7 @@ def confusion_matrix(
     np.add.at(counts, (y, pred), 1)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = 1.2 + 0.45 * n
-    fig, ax = plt.subplots(figsize=(size + 0.8, size))
+    fig, ax = figure(size + 0.8, size)
     sns.heatmap(
         rates,
         annot=counts,

@@ -24,7 +24,7 @@ from fundbench.atomic import write_text_atomic
 from fundbench.errors import DataError
 from fundbench.metrics import holm_correction, paired_bootstrap_pvalue
 from fundbench.reference import reported_vs_reproduced
-from fundbench.results import iter_records, load_results
+from fundbench.results import iter_records, tidy
 
 HEADLINE = "aca"
 METRIC_LABELS = {
@@ -63,8 +63,9 @@ def read_runs(folders: list[Path]) -> Runs:
     """Merge result folders; a cell present in several keeps the last folder's record."""
     frames, records, infos = [], {}, []
     for folder in folders:
-        frames.append(load_results(folder, include_not_applicable=True))
-        for record in iter_records(folder):
+        read = list(iter_records(folder))  # one pass over the files: table and predictions
+        frames.append(tidy(read, include_not_applicable=True))
+        for record in read:
             if record["status"] == "ok":
                 records[_cell_key(record["cell"])] = record
         run_path = folder / "run.json"

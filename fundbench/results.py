@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -125,8 +126,14 @@ def load_results(path: str | Path, *, include_not_applicable: bool = False) -> p
     root = Path(path)
     if not (root / "records").is_dir():
         raise DataError(f"{root}: no results here (expected a records/ folder from fundbench run)")
+    return tidy(iter_records(root), include_not_applicable=include_not_applicable)
+
+
+def tidy(records: Iterable[dict], *, include_not_applicable: bool = False) -> pd.DataFrame:
+    """Records (e.g. from :func:`iter_records`) as the table :func:`load_results` returns;
+    for callers that also need the records themselves, so the folder is read once."""
     rows = []
-    for record in iter_records(root):
+    for record in records:
         base = {
             **record["cell"],
             "n_classes": record.get("n_classes"),

@@ -94,11 +94,13 @@ def resolve_plan(
     return models, datasets, tasks
 
 
-def resolve_model_inputs(config: RunConfig, models: list[Entry]) -> dict[str, dict]:
+def resolve_model_inputs(
+    config: RunConfig, models: list[Entry], run_file: RunFile | None = None
+) -> dict[str, dict]:
     """Each model's factory options: weights (by the precedence of :mod:`fundbench.weights`)
     and ``--model-arg`` options over the config file's ``model_args``. Checked for every model
     before any is built, so a missing file fails before results are written."""
-    run_file = RunFile.load(config.config_file)
+    run_file = run_file or RunFile.load(config.config_file)
     stray = sorted(set(config.model_options) - set(config.models))
     if stray:
         raise ConfigError(f"--model-arg names model(s) {stray} that are not in --model")
@@ -159,13 +161,14 @@ def run(config: RunConfig, host: Host) -> RunSummary:
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {config.device}: CUDA is not available on this machine")
     model_entries, dataset_entries, tasks = resolve_plan(config, host)
-    model_inputs = resolve_model_inputs(config, model_entries)
+    run_file = RunFile.load(config.config_file)  # read once: weights, model args, data roots
+    model_inputs = resolve_model_inputs(config, model_entries, run_file)
     out = Path(config.out)
     for stale in out.glob("records/**/.*.tmp"):  # left by a run killed mid-write
         stale.unlink()
     summary = RunSummary(out=out)
     store = FeatureStore(Path(config.cache) if config.cache else cache_dir() / "features")
-    datasets, missing = _load_datasets(config, dataset_entries, host)
+    datasets, missing = _load_datasets(config, dataset_entries, host, run_file)
     summary.missing = missing
     run_info = {
         "config": _config_dict(config),
@@ -211,11 +214,10 @@ def run(config: RunConfig, host: Host) -> RunSummary:
 
 
 def _load_datasets(
-    config: RunConfig, entries: list[Entry], host: Host
+    config: RunConfig, entries: list[Entry], host: Host, run_file: RunFile
 ) -> tuple[dict[str, Dataset], dict[str, str]]:
     """Every dataset that is on this disk; the others are reported (with where to get them)
     and skipped, so one absent download does not stop a suite."""
-    run_file = RunFile.load(config.config_file)
     roots = {**run_file.dataset_roots, **config.dataset_roots}
     stray = sorted(set(roots) - {e.name for e in entries})
     if stray:

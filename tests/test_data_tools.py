@@ -59,10 +59,11 @@ def test_near_pairs_by_hamming_distance():
     a = [0b0, 0b1011, (1 << 63) | 0b1, 0b111111]
     hashes = pd.Series(a, dtype="uint64").to_numpy()
     pairs = near_pairs(hashes, max_distance=3)
-    assert (0, 1, 3) in pairs and (0, 2, 2) in pairs and (1, 2, 3) in pairs
-    assert all(j > i for i, j, _ in pairs)
-    assert not any(3 in (i, j) for i, j, _ in pairs[:0])  # 0b111111 is 6 bits from 0
-    assert (0, 3, 6) not in pairs
+    # distances: 0-1 3, 0-2 2, 0-3 6, 1-2 3, 1-3 3, 2-3 6; each pair once, i < j
+    assert sorted(pairs) == [(0, 1, 3), (0, 2, 2), (1, 2, 3), (1, 3, 3)]
+    assert near_pairs(hashes, max_distance=1) == []
+    across = near_pairs(hashes[:1], hashes[3:], max_distance=6)
+    assert across == [(0, 0, 6)]
 
 
 def test_duplicates_across_splits_and_across_sets(tmp_path, host):
@@ -158,7 +159,8 @@ def test_results_on_seen_pairs_carry_the_flag(toy_host, tmp_path, monkeypatch):
 def test_info_says_where_to_get_it(capsys):
     assert main(["data", "info", "idrid"]) == 0
     out = capsys.readouterr().out
-    assert "ieee-dataport.org" in out and "CC BY 4.0" in out and "train" not in out[:0]
+    assert "ieee-dataport.org" in out and "CC BY 4.0" in out
+    assert "no_dr, mild_npdr, moderate_npdr, severe_npdr, pdr" in out and "flair" in out
 
 
 def test_verify_works_on_a_generated_synthetic_dataset(tmp_path, capsys, host):

@@ -130,3 +130,27 @@ def test_report_escapes_names_from_plugins(host, tmp_path):
     html = render_report(out, tmp_path / "r.html", title=hostile).read_text()
     assert hostile not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_report_reads_each_result_folder_once(host, tmp_path, monkeypatch):
+    from fundbench import report as report_module
+
+    out = _run(host, tmp_path / "out", ("toy_clip",))
+    calls = []
+    real = report_module.iter_records
+    monkeypatch.setattr(report_module, "iter_records", lambda f: calls.append(f) or real(f))
+    render_report(out, tmp_path / "r.html")
+    assert calls == [out]
+
+
+def test_importing_the_report_leaves_matplotlib_style_alone():
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib as m; before = dict(m.rcParams); import fundbench.report; "
+        "import fundbench.plots; changed = [k for k in before if m.rcParams[k] != before[k]"
+        " and k != 'backend']; print(changed)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
