@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
@@ -24,9 +21,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
         write(path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make shared reports unreadable
+    # A unique name created with mode 0666 so the umask applies, as for any written file
+    # (mkstemp's 0600 would make shared reports unreadable).
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         write(Path(tmp))
         with open(tmp, "rb") as fh:

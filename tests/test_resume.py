@@ -62,3 +62,25 @@ def test_kill_9_then_rerun_matches_uninterrupted_run(toy_host, toy_data, tmp_pat
     for path in _records(killed_out):
         validate_record(json.loads(path.read_text()))
     pd.testing.assert_frame_equal(load_results(killed_out), load_results(clean_out))
+
+
+def test_atomic_writes_follow_the_umask_and_spare_devices(tmp_path):
+    import os
+
+    from fundbench.atomic import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "a" / "r.html", "x")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "x" and (path.stat().st_mode & 0o777) == 0o644
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        write_text_atomic(fifo, "through")
+        assert os.read(reader, 100) == b"through" and fifo.is_fifo()
+    finally:
+        os.close(reader)
