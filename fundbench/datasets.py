@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ from fundbench.atomic import write_json_atomic
 from fundbench.definitions import DatasetDefinition
 from fundbench.errors import DataError
 from fundbench.paths import cache_dir
+
+if TYPE_CHECKING:
+    from fundbench.preprocess import PreprocessConfig
 
 COLUMNS = ("path", "label", "patient", "eye", "split")
 SPLITS = ("train", "val", "test")
@@ -222,21 +226,47 @@ def manifest_digest(table: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def open_image(path: str | Path, decode_size: int | None = None) -> Image.Image:
-    """Open an image as RGB, decoding large JPEGs at reduced size when the model allows.
+def decode_image(path: str | Path, config: PreprocessConfig | None = None) -> Image.Image:
+    """Open and fully decode an image, keeping its mode (a model's reader converts it).
 
-    PIL's draft mode lets the JPEG decoder skip detail (scale 1/2, 1/4, 1/8) while keeping
-    both sides at least ``decode_size``; the model's own resize then works from there.
+    Decoding is exact, at full resolution, as the authors' pipelines get it from PIL. Only a
+    config with ``draft`` on lets libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale while
+    keeping both sides at least ``config.decode_size`` (an opt-in that changes pixels).
     """
+    draft = config.decode_size if config is not None and config.draft else None
+    return _decoded(open_image_file(path, draft), path)
+
+
+def open_image_file(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """``Image.open`` with one-line errors; a JPEG is drafted when ``draft_size`` is given."""
     try:
         image = Image.open(path)
-        if decode_size and image.format == "JPEG":
-            image.draft("RGB", (decode_size, decode_size))
-        return image.convert("RGB")
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        return image
     except FileNotFoundError:
         raise DataError(f"{path}: image file does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(
-            f"{path}: cannot decode image ({exc}); re-download the file or "
-            "remove it from the label file"
-        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise _undecodable(path, exc) from None
+
+
+def _decoded(image: Image.Image, path: str | Path) -> Image.Image:
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _undecodable(path, exc) from None
+    return image
+
+
+def _undecodable(path: str | Path, exc: Exception) -> DataError:
+    return DataError(
+        f"{path}: cannot decode image ({exc}); re-download the file or "
+        "remove it from the label file"
+    )
+
+
+def open_image(path: str | Path, decode_size: int | None = None) -> Image.Image:
+    """An image as RGB; ``decode_size`` allows reduced-size JPEG decoding (for tools such as
+    perceptual hashing whose output does not depend on full-resolution pixels; model inputs
+    go through :func:`decode_image` and the model's :class:`PreprocessConfig`)."""
+    return _decoded(open_image_file(path, decode_size), path).convert("RGB")

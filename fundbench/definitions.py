@@ -176,6 +176,9 @@ class SuiteDefinition:
     tasks: tuple[str, ...]
     description: str = ""
     source: str = "<python>"
+    #: a paper suite runs every model in its family's paper mode (the authors' defaults,
+    #: declared at registration) and never with draft decoding
+    paper: bool = False
 
     @classmethod
     def from_mapping(cls, data: dict, source: str = "<python>") -> SuiteDefinition:
@@ -183,13 +186,17 @@ class SuiteDefinition:
             return data
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
-        _check_keys(data, {"name", "datasets", "tasks", "description"}, source)
+        _check_keys(data, {"name", "datasets", "tasks", "description", "paper"}, source)
+        paper = data.get("paper", False)
+        if not isinstance(paper, bool):
+            raise ConfigError(f"{source}: key 'paper' must be true or false, got {paper!r}")
         return cls(
             name=_require(data, "name", source),
             datasets=tuple(_require(data, "datasets", source)),
             tasks=tuple(_require(data, "tasks", source)),
             description=data.get("description", ""),
             source=source,
+            paper=paper,
         )
 
 

@@ -4,6 +4,11 @@ Key: (model weights digest, preprocessing digest, extractor version) names a fol
 embeddings are looked up by each image's SHA-256. Every protocol, seed and shot reads the
 same cached array, identical images shared between datasets are embedded once, and shards
 are written atomically as extraction goes, so a killed run loses at most one shard.
+
+Several models can be extracted in one pass (:meth:`FeatureStore.extract`): each image is
+then decoded once and handed to every model whose preprocessing starts from the same decoded
+pixels (the same :attr:`PreprocessConfig.decode_key`), which wins back the time that exact,
+full-resolution decoding costs without changing a single pixel.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import numpy as np
 import torch
 
 from fundbench.atomic import write_atomic
-from fundbench.datasets import open_image
+from fundbench.datasets import decode_image
 from fundbench.model import Model
 
 #: Bump when the extraction changes in a way that alters embeddings.
-EXTRACTOR_VERSION = "1"
+#: 2: exact full-resolution decoding and the authors' library resize/crop operations.
+EXTRACTOR_VERSION = "2"
 #: Threads decoding the next batch while the model runs the current one.
 DECODE_THREADS = 2
 
@@ -98,62 +104,107 @@ class FeatureStore:
         stats: ExtractionStats | None = None,
     ) -> np.ndarray:
         """Embeddings [N, D] for the images, computing only those not cached yet."""
-        key = model_cache_key(model)
         stats = stats if stats is not None else ExtractionStats()
-        table = self.known(key)
-        todo = {}
-        for path, digest in zip(paths, digests, strict=True):
-            if digest not in table and digest not in todo:
-                todo[digest] = path
-        stats.cached += len(set(digests)) - len(todo)
-        if todo:
-            self._extract(
-                model,
-                key,
-                list(todo.items()),
-                batch_size or model.default_batch_size,
-                progress,
-                stats,
-            )
+        self.extract(
+            [model], paths, digests, batch_size=batch_size, progress=progress, stats=[stats]
+        )
+        table = self.known(model_cache_key(model))
         return np.stack([table[d] for d in digests]).astype(np.float32)
+
+    def extract(
+        self,
+        models: Sequence[Model],
+        paths: Sequence[str],
+        digests: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        stats: Sequence[ExtractionStats] | None = None,
+    ) -> None:
+        """Fill the cache of every model for these images in one pass over the files."""
+        stats = list(stats) if stats is not None else [ExtractionStats() for _ in models]
+        jobs = []
+        for model, st in zip(models, stats, strict=True):
+            key = model_cache_key(model)
+            table, todo = self.known(key), {}
+            for path, digest in zip(paths, digests, strict=True):
+                if digest not in table and digest not in todo:
+                    todo[digest] = path
+            st.cached += len(set(digests)) - len(todo)
+            if todo:
+                jobs.append(_Job(model, key, todo, st))
+        if jobs:
+            size = batch_size or min(job.model.default_batch_size for job in jobs)
+            self._extract(jobs, size, progress)
 
     def _extract(
         self,
-        model: Model,
-        key: str,
-        items: list[tuple[str, str]],
+        jobs: list[_Job],
         batch_size: int,
         progress: Callable[[int, int], None] | None,
-        stats: ExtractionStats,
     ) -> None:
         start = time.perf_counter()
-        decode_size = model.preprocess_config.decode_size
+        items: dict[str, str] = {}
+        for job in jobs:
+            items.update(job.todo)
+        order = list(items.items())
 
-        def load(path: str) -> torch.Tensor:
-            return model.preprocess(open_image(path, decode_size))
+        def load(digest: str, path: str) -> dict[int, torch.Tensor]:
+            """Decode once per decode key; preprocess for every job that needs the image."""
+            decoded: dict[tuple, object] = {}
+            out = {}
+            for j, job in enumerate(jobs):
+                if digest in job.todo:
+                    config = job.model.preprocess_config
+                    if config.decode_key not in decoded:
+                        decoded[config.decode_key] = decode_image(path, config)
+                    out[j] = job.model.preprocess(decoded[config.decode_key])
+            return out
 
-        pending_ids: list[str] = []
-        pending_x: list[np.ndarray] = []
-        batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-        # Decoding runs in threads (PIL releases the GIL) while the model runs the batch before.
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        done = 0
+        # Decoding runs in threads (PIL releases the GIL) while the models run the batch before.
         with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-            futures = [pool.submit(load, p) for _, p in batches[0]]
+            futures = [pool.submit(load, d, p) for d, p in batches[0]]
             for i, batch in enumerate(batches):
                 t0 = time.perf_counter()
-                tensor = torch.stack([f.result() for f in futures])
-                stats.decode_wait_s += time.perf_counter() - t0
+                loaded = [f.result() for f in futures]
+                waited = time.perf_counter() - t0
                 if i + 1 < len(batches):
-                    futures = [pool.submit(load, p) for _, p in batches[i + 1]]
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    out = model.encode_images(tensor.to(model.device)).float().cpu().numpy()
-                stats.forward_s += time.perf_counter() - t0
-                pending_ids += [d for d, _ in batch]
-                pending_x.append(out)
-                stats.images += len(batch)
-                if len(pending_ids) >= self.shard_size or i + 1 == len(batches):
-                    self._save_shard(key, pending_ids, np.concatenate(pending_x))
-                    pending_ids, pending_x = [], []
+                    futures = [pool.submit(load, d, p) for d, p in batches[i + 1]]
+                last = i + 1 == len(batches)
+                for j, job in enumerate(jobs):
+                    job.stats.decode_wait_s += waited
+                    mine = [(d, x[j]) for (d, _), x in zip(batch, loaded, strict=True) if j in x]
+                    if mine:
+                        job.forward([d for d, _ in mine], torch.stack([x for _, x in mine]))
+                    if job.pending_ids and (len(job.pending_ids) >= self.shard_size or last):
+                        self._save_shard(job.key, job.pending_ids, np.concatenate(job.pending_x))
+                        job.pending_ids, job.pending_x = [], []
+                done += len(batch)
                 if progress:
-                    progress(stats.images, len(items))
-        stats.total_s += time.perf_counter() - start
+                    progress(done, len(order))
+        elapsed = time.perf_counter() - start
+        for job in jobs:
+            job.stats.total_s += elapsed
+
+
+@dataclass
+class _Job:
+    """One model's share of an extraction pass: what it still needs and what it computed."""
+
+    model: Model
+    key: str
+    todo: dict[str, str]
+    stats: ExtractionStats
+    pending_ids: list[str] = field(default_factory=list)
+    pending_x: list[np.ndarray] = field(default_factory=list)
+
+    def forward(self, ids: list[str], tensor: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.encode_images(tensor.to(self.model.device)).float().cpu().numpy()
+        self.stats.forward_s += time.perf_counter() - t0
+        self.stats.images += len(ids)
+        self.pending_ids += ids
+        self.pending_x.append(out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from PIL import Image
@@ -34,8 +34,16 @@ class Model(abc.ABC):
     preprocess_config: PreprocessConfig = PreprocessConfig()
     weights_digest: str = "unknown"
     device: torch.device = torch.device("cpu")
-    #: Multiplier applied to cosine similarities in zero-shot (CLIP's exp(logit_scale)).
+    #: Multiplier applied to cosine similarities in zero-shot and the text-based few-shot
+    #: heads: the value the authors' own zero-shot code uses (CLIP's exp(logit_scale)).
     logit_scale: float = 100.0
+    #: Where ``logit_scale`` comes from, in words (shown in records and the report), e.g.
+    #: "exp(logit_scale) as stored, unclamped (FLAIR's ZeroShot adapter)".
+    logit_scale_rule: str = "fixed 100 (CLIP's convention)"
+    #: How a class's prompt embeddings become its zero-shot prototype (see
+    #: :data:`fundbench.protocols.zero_shot.PROTOTYPES`): CLIP's re-normalised mean, or the
+    #: raw mean of the unit prompt vectors that FLAIR and KeepFIT use.
+    zero_shot_prototype: Literal["renormalized_mean", "raw_mean"] = "renormalized_mean"
     #: Which embedding the same weights give (e.g. FLAIR's "projected" vs "backbone"
     #: features); part of the feature-cache key, so variants never share cached vectors.
     variant: str = ""
@@ -86,6 +94,15 @@ class Model(abc.ABC):
             "weights_digest": self.weights_digest,
             "has_text_tower": self.has_text_tower,
             "variant": self.variant,
+            "zero_shot": self.zero_shot_convention(),
+        }
+
+    def zero_shot_convention(self) -> dict:
+        """How this model's zero-shot numbers are defined (recorded with every such cell)."""
+        return {
+            "prototype": self.zero_shot_prototype,
+            "logit_scale": round(float(self.logit_scale), 6),
+            "logit_scale_rule": self.logit_scale_rule,
         }
 
 

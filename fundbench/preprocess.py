@@ -3,6 +3,21 @@
 Like timm's ``pretrained_cfg``, the config names resolution, resize mode, interpolation and
 normalisation. Its digest goes into the feature-cache key and into every result record, so a
 change of preprocessing can never silently reuse stale embeddings.
+
+Each mode reproduces one authors' evaluation pipeline with the library operations they
+compose, not with re-derived arithmetic (the rounding of a resize or a crop offset is the
+library's, never ours):
+
+* ``center_crop``: torchvision ``Resize(int(resolution / crop_pct))`` on the PIL image, then
+  ``CenterCrop``, ``ToTensor``, ``Normalize`` (RETFound's ``build_transform``, timm's eval
+  transform);
+* ``pad``: FLAIR/KeepFIT's float canvas: pixels as float64 in [0, 1], torchvision ``Resize``
+  on the tensor to ``(int(H / s), int(W / s))`` with ``s = max(H, W) / resolution``, zero
+  padding (``ImageScaling`` of FLAIR and KeepFIT);
+* ``stretch``: torchvision ``Resize((resolution, resolution))`` on the PIL image.
+
+Decoding is exact (full resolution) unless ``draft`` is set: an opt-in speed trick that lets
+libjpeg skip detail, which changes pixels and is therefore part of the digest.
 """
 
 from __future__ import annotations
@@ -10,20 +25,23 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _INTERPOLATION = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "lanczos": InterpolationMode.LANCZOS,
 }
 
 
@@ -31,15 +49,20 @@ _INTERPOLATION = {
 class PreprocessConfig:
     """How a model wants its images.
 
-    mode:
-        ``center_crop``  resize the shorter side to ``resolution / crop_pct``, crop the centre.
-        ``pad``          resize the longer side to ``resolution`` keeping the aspect ratio and
-                         zero-pad to a square canvas (``pad_anchor``: ``top_left`` pads
-                         right/bottom as FLAIR does, ``center`` pads evenly).
-        ``stretch``      resize to ``resolution x resolution`` ignoring the aspect ratio.
+    mode: ``center_crop`` | ``pad`` | ``stretch`` (see the module docstring).
+    crop_pct: ``center_crop`` resizes the shorter side to ``int(resolution / crop_pct)``.
     mean/std: ``None`` means plain [0, 1] scaling.
-    crop_foreground: first crop to the bounding box of the fundus (FLAIR's optional
-        ``crop_im``: Li threshold on the red channel, largest connected component).
+    pad_anchor: ``top_left`` pads right/bottom as FLAIR does, ``center`` pads evenly.
+    crop_foreground: first crop to the bounding box of the fundus (FLAIR's ``crop_im``: Li
+        threshold on the red channel of the full-resolution image, largest component).
+    reader: how pixels leave the decoded file. ``pil_rgb``: ``Image.convert("RGB")`` (FLAIR,
+        RETFound, torchvision's ImageFolder). ``keepfit_array``: KeepFIT's ``LoadImage``,
+        ``np.array(Image.open(p))`` without conversion: a grey image is repeated to three
+        channels and an image with more than three drops its *first* channel (RGBA -> GBA).
+    antialias: antialiasing of the tensor resize in ``pad`` mode (torchvision's default since
+        0.17, and what FLAIR's and KeepFIT's loaders get).
+    draft: opt-in reduced-size JPEG decoding (PIL draft mode, scale 1/2 to 1/8). Faster on
+        large photographs, but not the authors' pixels: never on in a paper suite.
     """
 
     resolution: int = 224
@@ -50,6 +73,9 @@ class PreprocessConfig:
     std: tuple[float, float, float] | None = IMAGENET_STD
     pad_anchor: Literal["top_left", "center"] = "top_left"
     crop_foreground: bool = False
+    reader: Literal["pil_rgb", "keepfit_array"] = "pil_rgb"
+    antialias: bool = True
+    draft: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,58 +86,117 @@ class PreprocessConfig:
 
     @property
     def decode_size(self) -> int:
-        """Smallest side a decoder must keep; lets JPEG decoding run at reduced scale."""
+        """Smallest side a draft decoder must keep (only used when ``draft`` is on)."""
         if self.mode == "center_crop":
-            return int(round(self.resolution / self.crop_pct))
+            return int(self.resolution / self.crop_pct)
         return self.resolution
 
+    @property
+    def decode_key(self) -> tuple:
+        """Models whose configs share this key can share one decoded image."""
+        return ("draft", self.decode_size) if self.draft else ("full",)
+
+    def load(self, path: str | Path) -> torch.Tensor:
+        """The whole pipeline from a file: decode, then :meth:`__call__`."""
+        from fundbench.datasets import decode_image
+
+        return self(decode_image(path, self))
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
-        if self.crop_foreground:
-            image = crop_foreground(image)
-        image = self._resize(image)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        """A decoded PIL image (any mode) -> float32 tensor [3, H, W]."""
+        if self.mode == "pad":
+            tensor = self._canvas(image)
+        else:
+            tensor = TF.to_tensor(self._resize_pil(self._rgb(image)))
         if self.mean is not None and self.std is not None:
-            mean = torch.tensor(self.mean).view(3, 1, 1)
-            std = torch.tensor(self.std).view(3, 1, 1)
-            tensor = (tensor - mean) / std
+            tensor = TF.normalize(tensor, list(self.mean), list(self.std))
         return tensor
 
-    def _resize(self, image: Image.Image) -> Image.Image:
-        res, resample = self.resolution, _INTERPOLATION[self.interpolation]
-        w, h = image.size
+    def _rgb(self, image: Image.Image) -> Image.Image:
+        if self.reader == "keepfit_array":
+            array = (read_array(image, self.reader) * 255.0).round().astype(np.uint8)
+            image = Image.fromarray(np.ascontiguousarray(array.transpose(1, 2, 0)))
+        else:
+            image = image.convert("RGB")
+        if self.crop_foreground:
+            red = np.asarray(image, dtype=np.float64)[:, :, 0] / 255.0
+            r0, c0, r1, c1 = foreground_box(red)
+            image = image.crop((c0, r0, c1, r1))
+        return image
+
+    def _resize_pil(self, image: Image.Image) -> Image.Image:
+        interpolation = _INTERPOLATION[self.interpolation]
         if self.mode == "stretch":
-            return image.resize((res, res), resample)
-        if self.mode == "center_crop":
-            short = self.decode_size
-            scale = short / min(w, h)
-            nw, nh = max(res, round(w * scale)), max(res, round(h * scale))
-            image = image.resize((nw, nh), resample)
-            left, top = (nw - res) // 2, (nh - res) // 2
-            return image.crop((left, top, left + res, top + res))
-        # FLAIR/KeepFIT's canvas: s = max(H, W) / res, new size int(H / s) x int(W / s).
-        s = max(w, h) / res
-        nw, nh = max(1, int(w / s)), max(1, int(h / s))
-        canvas = Image.new("RGB", (res, res))
-        offset = (0, 0) if self.pad_anchor == "top_left" else ((res - nw) // 2, (res - nh) // 2)
-        canvas.paste(image.resize((nw, nh), resample), offset)
-        return canvas
+            return TF.resize(image, [self.resolution, self.resolution], interpolation)
+        image = TF.resize(image, int(self.resolution / self.crop_pct), interpolation)
+        return TF.center_crop(image, [self.resolution, self.resolution])
+
+    def _canvas(self, image: Image.Image) -> torch.Tensor:
+        """FLAIR/KeepFIT ``LoadImage`` + ``ImageScaling`` (flair.md section 1.5)."""
+        array = read_array(image, self.reader)
+        if self.crop_foreground:
+            r0, c0, r1, c1 = foreground_box(array[0])
+            array = array[:, r0:r1, c0:c1]
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        res, (h, w) = self.resolution, tensor.shape[-2:]
+        interpolation = _INTERPOLATION[self.interpolation]
+        if h == w:
+            size = [res, res]
+        else:
+            scale = max(h, w) / res
+            size = [int(h / scale), int(w / scale)]
+        tensor = TF.resize(tensor, size, interpolation, antialias=self.antialias)
+        dh, dw = res - tensor.shape[-2], res - tensor.shape[-1]
+        if self.pad_anchor == "top_left":
+            padding = (0, dw, 0, dh)
+        else:
+            padding = (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
+        tensor = torch.nn.functional.pad(tensor, padding)
+        return tensor.to(torch.float32)
+
+
+def read_array(image: Image.Image, reader: str) -> np.ndarray:
+    """Pixels as float64 [C, H, W], divided by 255 when above 1 (FLAIR/KeepFIT's rule)."""
+    if reader == "pil_rgb":
+        array = np.array(image.convert("RGB"), dtype=np.float64)
+    else:
+        array = np.array(image, dtype=np.float64)
+    if array.max() > 1:
+        array /= 255
+    array = np.transpose(array, (2, 0, 1)) if array.ndim > 2 else array[None]
+    if array.shape[0] > 3:
+        array = array[1:]
+    if array.shape[0] < 3:
+        array = np.repeat(array, 3, axis=0)
+    if array.shape[0] != 3:
+        from fundbench.errors import DataError
+
+        raise DataError(
+            f"image of mode {image.mode!r} gives {array.shape[0]} channels under the "
+            f"{reader!r} reader (3 expected); convert the file to RGB"
+        )
+    return array
+
+
+def foreground_box(red: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (row0, col0, row1, col1) of the fundus in a red channel in [0, 1]: Li
+    threshold, largest connected component (skimage's ``label``/``regionprops``, as FLAIR's
+    ``crop_im``). A flat image has no foreground: the whole image is returned."""
+    from skimage.filters import threshold_li
+    from skimage.measure import label, regionprops
+
+    if red.max() == red.min():
+        return 0, 0, red.shape[0], red.shape[1]
+    mask = red > threshold_li(red)
+    regions = regionprops(label(mask))
+    if not regions:
+        return 0, 0, red.shape[0], red.shape[1]
+    largest = max(regions, key=lambda r: r.area)
+    return tuple(int(v) for v in largest.bbox)
 
 
 def crop_foreground(image: Image.Image) -> Image.Image:
-    """Crop to the fundus: pixels of the red channel above its Li threshold, largest
-    connected component, bounding box (as FLAIR's ``crop_im``, flair.md section 1.5)."""
-    from scipy import ndimage
-    from skimage.filters import threshold_li
-
-    red = np.asarray(image, dtype=np.float32)[:, :, 0] / 255.0
-    if red.max() == red.min():
-        return image  # a flat image has no foreground to find
-    mask = red > threshold_li(red)
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))  # 8-connected, as skimage
-    if count == 0:
-        return image
-    largest = int(np.argmax(np.bincount(labels.ravel(), weights=mask.ravel())))
-    rows, cols = ndimage.find_objects((labels == largest).astype(np.int32))[0]
-    return image.crop((cols.start, rows.start, cols.stop, rows.stop))
+    """Crop a PIL image to its fundus (see :func:`foreground_box`)."""
+    red = np.asarray(image.convert("RGB"), dtype=np.float64)[:, :, 0] / 255.0
+    r0, c0, r1, c1 = foreground_box(red)
+    return image.crop((c0, r0, c1, r1))

@@ -330,13 +330,45 @@ def _provenance(runs: Runs) -> list[dict]:
                 "wall_s": info.get("wall_s", "?"),
                 "cells": info.get("cells", {}),
                 "seeds": config.get("seeds") or "task defaults",
-                "models": info.get("models", {}),
+                "paper_mode": bool(info.get("paper_mode")),
+                "models": _model_rows(info.get("models", {})),
                 "datasets": info.get("datasets", {}),
                 "missing": info.get("missing_datasets", {}),
                 "problems": info.get("plugin_problems", []),
             }
         )
     return out
+
+
+def _model_rows(models: dict) -> list[dict]:
+    """One provenance row per built model instance (a paper suite may build a second one for
+    some protocols), with its decoding mode and zero-shot convention."""
+    rows = []
+    for name, described in models.items():
+        for m in [described, *described.get("task_variants", [])]:
+            preprocess = m.get("preprocess") or {}
+            zero_shot = m.get("zero_shot") or {}
+            rows.append(
+                {
+                    "name": name,
+                    "plugin": m.get("plugin", {}),
+                    "weights_digest": m.get("weights_digest"),
+                    "weights_source": m.get("weights_source"),
+                    "preprocess_digest": m.get("preprocess_digest"),
+                    "decoding": "draft (reduced-size JPEG)" if preprocess.get("draft") else "exact",
+                    "zero_shot": (
+                        f"{zero_shot['prototype']}, scale {zero_shot['logit_scale']:g} "
+                        f"({zero_shot['logit_scale_rule']})"
+                        if m.get("has_text_tower") and zero_shot
+                        else "–"
+                    ),
+                    "variant": m.get("variant"),
+                    "tasks": ", ".join(m.get("tasks", []))
+                    if described.get("task_variants")
+                    else "",
+                }
+            )
+    return rows
 
 
 def render_report(results: str | Path | list, output: str | Path, title: str | None = None) -> Path:

@@ -34,7 +34,8 @@ from fundbench.results import SCHEMA_VERSION, Cell, read_record, write_record
 from fundbench.weights import RunFile, missing_weights_message, resolve_weights
 
 #: Bump when protocol code changes numbers for the same inputs (invalidates old records).
-EVAL_VERSION = "2"  # 2: the tuned linear probe standardises features
+#: 2: the tuned linear probe standardises features; 3: each model's own zero-shot convention
+EVAL_VERSION = "3"
 DEFAULT_SUITE = "synthfundus"
 
 
@@ -61,6 +62,8 @@ class RunConfig:
     report: bool = True
     #: run configuration file (weights, model_args); None: $FUNDBENCH_CONFIG if set
     config_file: Path | None = None
+    #: opt-in reduced-size JPEG decoding (changes pixels; refused in paper suites)
+    draft_decode: bool = False
 
 
 @dataclass
@@ -80,6 +83,11 @@ def resolve_plan(
     """Check every name before any heavy work; unknown names fail with suggestions."""
     models = [host.models.get(name) for name in config.models]
     suite = host.suites.get(config.suite or DEFAULT_SUITE).obj
+    if suite.paper and config.draft_decode:
+        raise ConfigError(
+            f"--draft-decode changes pixels and is never used in a paper suite "
+            f"({suite.name!r}); drop the option"
+        )
     datasets = [host.datasets.get(n) for n in (config.datasets or suite.datasets)]
     tasks = []
     for name in config.tasks or suite.tasks:
@@ -156,11 +164,58 @@ def build_model(entry: Entry, config: RunConfig, options: dict | None = None) ->
     return model.to(config.device)
 
 
+@dataclass
+class ModelRun:
+    """One built model instance and the tasks it answers. A paper suite can give a family a
+    second instance for some protocols (FLAIR's linear probe on raw backbone features);
+    both report under the registered name, their variant recorded in provenance."""
+
+    entry: Entry
+    model: Model
+    tasks: list[TaskDefinition]
+    weights_source: str | None
+
+
+def build_model_runs(
+    config: RunConfig,
+    entries: list[Entry],
+    tasks: list[TaskDefinition],
+    inputs: dict[str, dict],
+    paper: bool,
+) -> list[ModelRun]:
+    """Build every model before any dataset is read, so a bad checkpoint fails first."""
+    runs = []
+    for entry in entries:
+        options = dict(inputs[entry.name]["options"])
+        source = inputs[entry.name]["weights_source"]
+        variants = {}
+        if paper:
+            options = {**entry.metadata.get("paper_options", {}), **options}
+            variants = entry.metadata.get("paper_protocol_options", {})
+        rest = [t for t in tasks if t.protocol not in variants]
+        if rest:
+            runs.append(ModelRun(entry, _built(entry, config, options), rest, source))
+        for protocol, extra in variants.items():
+            mine = [t for t in tasks if t.protocol == protocol]
+            if mine:
+                model = _built(entry, config, {**options, **extra})
+                runs.append(ModelRun(entry, model, mine, source))
+    return runs
+
+
+def _built(entry: Entry, config: RunConfig, options: dict) -> Model:
+    model = build_model(entry, config, options)
+    if config.draft_decode:
+        model.preprocess_config = replace(model.preprocess_config, draft=True)
+    return model
+
+
 def run(config: RunConfig, host: Host) -> RunSummary:
     start = time.perf_counter()
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {config.device}: CUDA is not available on this machine")
     model_entries, dataset_entries, tasks = resolve_plan(config, host)
+    paper = host.suites.get(config.suite or DEFAULT_SUITE).obj.paper
     run_file = RunFile.load(config.config_file)  # read once: weights, model args, data roots
     model_inputs = resolve_model_inputs(config, model_entries, run_file)
     out = Path(config.out)
@@ -168,10 +223,12 @@ def run(config: RunConfig, host: Host) -> RunSummary:
         stale.unlink()
     summary = RunSummary(out=out)
     store = FeatureStore(Path(config.cache) if config.cache else cache_dir() / "features")
+    model_runs = build_model_runs(config, model_entries, tasks, model_inputs, paper)
     datasets, missing = _load_datasets(config, dataset_entries, host, run_file)
     summary.missing = missing
     run_info = {
         "config": _config_dict(config),
+        "paper_mode": paper,
         "models": {},
         "datasets": {
             d.id: {
@@ -184,17 +241,30 @@ def run(config: RunConfig, host: Host) -> RunSummary:
         "environment": environment(config.device),
         "plugin_problems": host.problems,
     }
-    for entry in model_entries:
-        model = build_model(entry, config, model_inputs[entry.name]["options"])
-        run_info["models"][entry.name] = {
-            **model.describe(),
-            "plugin": entry.plugin.as_dict(),
-            "weights_source": model_inputs[entry.name]["weights_source"],
+    for mr in model_runs:
+        described = {
+            **mr.model.describe(),
+            "plugin": mr.entry.plugin.as_dict(),
+            "weights_source": mr.weights_source,
+            "tasks": [t.name for t in mr.tasks],
         }
-        for dataset in datasets.values():
-            stats = _run_pair(entry, model, dataset, tasks, config, store, summary)
-            if stats is not None:
-                summary.extraction[f"{entry.name}/{dataset.id}"] = stats.as_dict()
+        if mr.entry.name in run_info["models"]:
+            run_info["models"][mr.entry.name].setdefault("task_variants", []).append(described)
+        else:
+            run_info["models"][mr.entry.name] = described
+    for dataset in datasets.values():
+        pairs = [PairPlan.make(mr, dataset, config, store) for mr in model_runs]
+        needing = [p for p in pairs if p.needs_features]
+        if len(needing) > 1:  # one pass over the files for every model: decode each image once
+            _extract_together(needing, dataset, config, store)
+        for pair in pairs:
+            pair.compute(config, summary)
+            if pair.stats.images or pair.stats.cached:
+                name = pair.run.entry.name
+                key = f"{name}/{dataset.id}"
+                if key in summary.extraction:
+                    key = f"{name}[{pair.run.model.variant}]/{dataset.id}"
+                summary.extraction[key] = pair.stats.as_dict()
     summary.wall_s = time.perf_counter() - start
     run_info.update(
         extraction=summary.extraction,
@@ -244,101 +314,147 @@ def _load_datasets(
     return datasets, missing
 
 
-def _run_pair(
-    entry: Entry,
-    model: Model,
-    dataset: Dataset,
-    tasks: list[TaskDefinition],
-    config: RunConfig,
-    store: FeatureStore,
-    summary: RunSummary,
-) -> ExtractionStats | None:
-    prompts = load_prompts(dataset.definition, config.prompts)
-    if prompts is not None and config.prompts is None and model.prompt_templates:
-        prompts = replace(
-            prompts,
-            templates=tuple(model.prompt_templates),
-            source=f"{prompts.source} with {entry.name}'s own templates",
-        )
-    seen = evidence(entry.name, model.pretraining_datasets, dataset.definition)
-    contamination = {"seen": bool(seen), "evidence": seen}
-    base = {
-        "contamination": contamination,
-        "model": entry.name,
-        "weights_digest": model.weights_digest,
-        "variant": model.variant,
-        "preprocess_digest": model.preprocess_config.digest(),
-        "dataset_manifest_digest": dataset.manifest_digest,
-        "prompts_digest": prompts.digest if prompts else None,
-        "eval_version": EVAL_VERSION,
-    }
-    modality_reason = None
-    if dataset.definition.modality not in model.modalities:
-        modality_reason = (
-            f"model does not support modality {dataset.definition.modality!r} "
-            f"(supports {sorted(model.modalities)})"
-        )
-    stats = ExtractionStats()
-    ctx = Context(
-        entry.name,
-        dataset,
-        logit_scale=float(model.logit_scale),
-        no_text_reason=_no_text_reason(model, dataset, prompts),
-        load_features=lambda: _features(entry.name, model, dataset, config, store, stats),
-        load_text_weights=lambda: _text_weights(model, dataset, prompts),
-    )
-    # Which cells still need work? Decided before extraction so a warm rerun reads nothing.
-    plan = []
-    for task in tasks:
-        task_digest = digest_of(task.__dict__ | {"source": None})
-        for cell, compute in PROTOCOL_CELLS[task.protocol](ctx, task):
-            fingerprint = digest_of(
-                {
-                    **base,
-                    "task_digest": task_digest,
-                    "cell": cell.as_dict(),
-                    "bootstrap": task.bootstrap,
-                }
+@dataclass
+class PairPlan:
+    """The cells one model instance still owes on one dataset, decided before extraction
+    so that a warm rerun reads nothing."""
+
+    run: ModelRun
+    dataset: Dataset
+    ctx: Context
+    base: dict
+    plan: list
+    provenance: dict
+    modality_reason: str | None
+    stats: ExtractionStats
+
+    @classmethod
+    def make(
+        cls, mr: ModelRun, dataset: Dataset, config: RunConfig, store: FeatureStore
+    ) -> PairPlan:
+        entry, model = mr.entry, mr.model
+        prompts = load_prompts(dataset.definition, config.prompts)
+        if prompts is not None and config.prompts is None and model.prompt_templates:
+            prompts = replace(
+                prompts,
+                templates=tuple(model.prompt_templates),
+                source=f"{prompts.source} with {entry.name}'s own templates",
             )
-            old = read_record(cell.path(config.out))
-            if old is not None and old.get("fingerprint") == fingerprint:
-                summary.reused += 1
-                continue
-            plan.append((task, task_digest, cell, compute, fingerprint))
-    if not plan:
-        return None
-    provenance = {
-        **environment(config.device),
-        "plugin": entry.plugin.as_dict(),
-        "weights_digest": model.weights_digest,
-        "dataset_manifest_digest": dataset.manifest_digest,
-        "preprocess_digest": base["preprocess_digest"],
-        "prompts_digest": base["prompts_digest"],
-        "prompts_source": prompts.source if prompts else None,
-        "prompt_templates": list(prompts.templates) if prompts else None,
-        "model_variant": model.variant,
-    }
-    with make_progress() as progress:
-        bar = progress.add_task(f"{entry.name} / {dataset.id}", total=len(plan))
-        for task, task_digest, cell, compute, fingerprint in plan:
-            outcome = Outcome(reason=modality_reason) if modality_reason else compute()
-            record = _record(
-                cell,
-                outcome,
-                dataset,
-                ctx,
-                task,
-                fingerprint,
-                {**provenance, "task_digest": task_digest},
+        seen = evidence(entry.name, model.pretraining_datasets, dataset.definition)
+        base = {
+            "contamination": {"seen": bool(seen), "evidence": seen},
+            "model": entry.name,
+            "weights_digest": model.weights_digest,
+            "variant": model.variant,
+            "preprocess_digest": model.preprocess_config.digest(),
+            "dataset_manifest_digest": dataset.manifest_digest,
+            "prompts_digest": prompts.digest if prompts else None,
+            "zero_shot": model.zero_shot_convention(),
+            "eval_version": EVAL_VERSION,
+        }
+        modality_reason = None
+        if dataset.definition.modality not in model.modalities:
+            modality_reason = (
+                f"model does not support modality {dataset.definition.modality!r} "
+                f"(supports {sorted(model.modalities)})"
             )
-            record["contamination"] = contamination
-            write_record(config.out, record)
-            if outcome.reason:
-                summary.not_applicable += 1
-            else:
-                summary.computed += 1
-            progress.advance(bar)
-    return stats if stats.images or stats.cached else None
+        stats = ExtractionStats()
+        ctx = Context(
+            entry.name,
+            dataset,
+            logit_scale=float(model.logit_scale),
+            no_text_reason=_no_text_reason(model, dataset, prompts),
+            load_features=lambda: _features(entry.name, model, dataset, config, store, stats),
+            load_text_weights=lambda: _text_weights(model, dataset, prompts),
+        )
+        plan = []
+        for task in mr.tasks:
+            task_digest = digest_of(task.__dict__ | {"source": None})
+            for cell, compute in PROTOCOL_CELLS[task.protocol](ctx, task):
+                fingerprint = digest_of(
+                    {
+                        **base,
+                        "task_digest": task_digest,
+                        "cell": cell.as_dict(),
+                        "bootstrap": task.bootstrap,
+                    }
+                )
+                old = read_record(cell.path(config.out))
+                if old is not None and old.get("fingerprint") == fingerprint:
+                    plan.append(None)  # reused
+                    continue
+                plan.append((task, task_digest, cell, compute, fingerprint))
+        provenance = {
+            **environment(config.device),
+            "plugin": entry.plugin.as_dict(),
+            "weights_digest": model.weights_digest,
+            "dataset_manifest_digest": dataset.manifest_digest,
+            "preprocess_digest": base["preprocess_digest"],
+            "decoding": "draft" if model.preprocess_config.draft else "exact",
+            "prompts_digest": base["prompts_digest"],
+            "prompts_source": prompts.source if prompts else None,
+            "prompt_templates": list(prompts.templates) if prompts else None,
+            "zero_shot": base["zero_shot"],
+            "model_variant": model.variant,
+        }
+        return cls(mr, dataset, ctx, base, plan, provenance, modality_reason, stats)
+
+    @property
+    def pending(self) -> list:
+        return [p for p in self.plan if p is not None]
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether a pending cell will read image embeddings."""
+        if self.modality_reason:
+            return False
+        text_free = self.ctx.no_text_reason is None
+        return any(p[0].protocol != "zero_shot" or text_free for p in self.pending)
+
+    def compute(self, config: RunConfig, summary: RunSummary) -> None:
+        summary.reused += len(self.plan) - len(self.pending)
+        if not self.pending:
+            return
+        name = self.run.entry.name
+        with make_progress() as progress:
+            bar = progress.add_task(f"{name} / {self.dataset.id}", total=len(self.pending))
+            for task, task_digest, cell, compute, fingerprint in self.pending:
+                outcome = (
+                    Outcome(reason=self.modality_reason) if self.modality_reason else compute()
+                )
+                record = _record(
+                    cell,
+                    outcome,
+                    self.dataset,
+                    self.ctx,
+                    task,
+                    fingerprint,
+                    {**self.provenance, "task_digest": task_digest},
+                )
+                record["contamination"] = self.base["contamination"]
+                write_record(config.out, record)
+                if outcome.reason:
+                    summary.not_applicable += 1
+                else:
+                    summary.computed += 1
+                progress.advance(bar)
+
+
+def _extract_together(
+    pairs: list[PairPlan], dataset: Dataset, config: RunConfig, store: FeatureStore
+) -> None:
+    """Fill the feature cache of several models in one pass: each file decoded once."""
+    table = dataset.table
+    names = ", ".join(p.run.entry.name for p in pairs)
+    with progress_callback(f"embedding {dataset.id} with {names}") as report:
+        store.extract(
+            [p.run.model for p in pairs],
+            table["path"].tolist(),
+            table["sha256"].tolist(),
+            batch_size=config.batch_size,
+            progress=report,
+            stats=[p.stats for p in pairs],
+        )
 
 
 def _no_text_reason(model: Model, dataset: Dataset, prompts) -> str | None:
@@ -377,7 +493,11 @@ def _text_weights(model: Model, dataset: Dataset, prompts) -> np.ndarray:
             return model.encode_texts(texts).float().cpu().numpy()
 
     return zero_shot.class_text_embeddings(
-        encode, list(prompts.templates), prompts.descriptions, list(dataset.classes)
+        encode,
+        list(prompts.templates),
+        prompts.descriptions,
+        list(dataset.classes),
+        prototype=model.zero_shot_prototype,
     )
 
 
@@ -428,4 +548,15 @@ def _record(
 
 
 def _config_dict(config: RunConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in config.__dict__.items()}
+    """The run's options as JSON (paths as strings, also inside mappings and lists)."""
+
+    def plain(value):
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dict(config.__dict__))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fundbench.datasets import open_image
+from fundbench.datasets import decode_image, open_image
 from fundbench.errors import DataError
 from fundbench.preprocess import PreprocessConfig
 
@@ -50,15 +52,19 @@ def test_jpeg_draft_decodes_at_reduced_size(tmp_path):
     assert open_image(path).size == (1024, 1024)
 
 
-def test_draft_decoding_barely_changes_the_model_input(tmp_path):
-    """Reduced-size decoding must not change what the model sees beyond resampling noise."""
+def test_decoding_is_exact_unless_draft_is_asked_for(tmp_path):
+    """Full-resolution decoding by default; draft is an opt-in that shows in the digest."""
     small = np.random.default_rng(1).integers(0, 255, (60, 90, 3), dtype=np.uint8)
     path = tmp_path / "fundus.jpg"
     Image.fromarray(small).resize((1800, 1200), Image.Resampling.BICUBIC).save(path, quality=90)
     cfg = PreprocessConfig(resolution=224, crop_pct=0.875)
-    full, draft = cfg(open_image(path)), cfg(open_image(path, cfg.decode_size))
-    assert open_image(path, cfg.decode_size).size[1] < 1200  # it really decoded smaller
-    assert float((full - draft).abs().mean()) < 0.05
+    assert cfg.draft is False and decode_image(path, cfg).size == (1800, 1200)
+    drafted = replace(cfg, draft=True)
+    assert decode_image(path, drafted).size[1] < 1200  # it really decoded smaller
+    assert drafted.digest() != cfg.digest() and drafted.decode_key != cfg.decode_key
+    full, draft = cfg.load(path), drafted.load(path)
+    assert torch.equal(full, cfg(Image.open(path).convert("RGB")))  # exact = plain PIL
+    assert 0 < float((full - draft).abs().mean()) < 0.05  # draft differs, but only a little
 
 
 def test_corrupt_and_missing_images_name_the_file(tmp_path):

@@ -21,8 +21,9 @@ Deliberate deviations from FLAIR's code:
 * Tip-Adapter-F uses the same logit formula in training and prediction (FLAIR's
   training scales cache logits by ``100 / N`` but its prediction does not), and a
   cosine schedule as in the Tip-Adapter paper (FLAIR's Tip-Adapter-F has none);
-* all image features and text weights are L2-normalised here (FLAIR's embeddings
-  come out normalised from its projection head; other models' may not);
+* all image features are L2-normalised here (FLAIR's embeddings come out normalised
+  from its projection head; other models' may not). Text weights are the class
+  prototypes of the model's own zero-shot convention, used as given, as FLAIR does;
 * the one-hot cache values always have one column per class, even when a class has no
   support image (FLAIR's ``one_hot(Y)`` would drop trailing classes).
 
@@ -84,7 +85,7 @@ class ClipAdapter:
         self.seed = seed
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> ClipAdapter:
-        text = _as_tensor(self.text_weights)
+        text = _prototypes(self.text_weights)
         feats, targets = _as_tensor(x), _as_labels(y, text.shape[0])
         dim = feats.shape[1]
         with torch.random.fork_rng(devices=[]):
@@ -104,7 +105,7 @@ class ClipAdapter:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        text = _as_tensor(self.text_weights)
+        text = _prototypes(self.text_weights)
         with torch.no_grad():
             logits = self.logit_scale * self._adapt(_as_tensor(x)) @ text.T
         return softmax(logits.double().numpy())
@@ -139,7 +140,7 @@ class TipAdapter:
         return softmax(self._logits(l2_normalize(x)))
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        clip = self.logit_scale * x @ l2_normalize(self.text_weights).T
+        clip = self.logit_scale * x @ np.asarray(self.text_weights, dtype=np.float64).T
         cache = np.exp(-self.beta * (1.0 - x @ self.keys_.T)) @ self.values_
         return clip + self.alpha * cache
 
@@ -168,7 +169,7 @@ class TipAdapterF(TipAdapter):
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> TipAdapterF:
         super().fit(x, y)
-        text = _as_tensor(self.text_weights)
+        text = _prototypes(self.text_weights)
         feats, targets = _as_tensor(x), _as_labels(y, text.shape[0])
         values = torch.as_tensor(self.values_, dtype=torch.float32)
         keys = nn.Parameter(feats.clone())
@@ -221,6 +222,11 @@ def _schedule(adapter) -> dict:
 def _as_tensor(x: np.ndarray) -> torch.Tensor:
     """L2-normalised float32 tensor."""
     return torch.as_tensor(l2_normalize(x), dtype=torch.float32)
+
+
+def _prototypes(text_weights: np.ndarray) -> torch.Tensor:
+    """Class prototypes as given: their norm is the model's zero-shot convention."""
+    return torch.as_tensor(np.asarray(text_weights), dtype=torch.float32)
 
 
 def _as_labels(y: np.ndarray, n_classes: int) -> torch.Tensor:

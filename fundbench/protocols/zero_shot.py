@@ -24,17 +24,28 @@ def class_prompts(templates: list[str], descriptions: list[str]) -> list[str]:
     return [t.format(d) for t in templates for d in descriptions]
 
 
+#: Class-prototype conventions. ``renormalized_mean``: CLIP's prompt ensembling, the mean of
+#: the unit prompt embeddings normalised again. ``raw_mean``: FLAIR's and KeepFIT's
+#: ``compute_text_embeddings`` (flair.md section 4.2), the mean left as it is, so a class
+#: whose descriptions disagree gets a shorter prototype and smaller logits.
+PROTOTYPES = ("renormalized_mean", "raw_mean")
+
+
 def class_text_embeddings(
     encode_texts: Callable[[list[str]], np.ndarray],
     templates: list[str],
     descriptions: dict[str, list[str]],
     classes: list[str],
+    prototype: str = "renormalized_mean",
 ) -> np.ndarray:
-    """One unit-norm text embedding per class, ``[C, D]``, in the order of ``classes``.
+    """One text prototype per class, ``[C, D]``, in the order of ``classes``.
 
-    Each prompt embedding is normalised before averaging so that no prompt weighs
-    more because its embedding happens to be longer; the mean is normalised again.
+    Each prompt embedding is normalised before averaging so that no prompt weighs more
+    because its embedding happens to be longer; ``prototype`` says whether the mean is
+    normalised again (see :data:`PROTOTYPES`).
     """
+    if prototype not in PROTOTYPES:
+        raise ValueError(f"unknown zero-shot prototype {prototype!r} (one of {PROTOTYPES})")
     rows = []
     for name in classes:
         if not descriptions.get(name):
@@ -42,12 +53,14 @@ def class_text_embeddings(
         prompts = class_prompts(templates, descriptions[name])
         prompt_emb = l2_normalize(np.asarray(encode_texts(prompts)))
         rows.append(prompt_emb.mean(axis=0))
-    return l2_normalize(np.stack(rows)).astype(np.float32)
+    means = np.stack(rows)
+    return (l2_normalize(means) if prototype == "renormalized_mean" else means).astype(np.float32)
 
 
 def zero_shot_probs(
     image_x: np.ndarray, text_x: np.ndarray, logit_scale: float = 100.0
 ) -> np.ndarray:
-    """Softmax over ``logit_scale * cos(image, class text)``; returns ``[N, C]``."""
-    logits = logit_scale * l2_normalize(image_x) @ l2_normalize(text_x).T
+    """Softmax over ``logit_scale * image @ prototype``; returns ``[N, C]``. Images are
+    L2-normalised; the prototypes are used as given (their norm is part of the convention)."""
+    logits = logit_scale * l2_normalize(image_x) @ np.asarray(text_x, dtype=np.float64).T
     return softmax(logits)

@@ -173,6 +173,7 @@ class HFDualEncoder(HFVisionModel):
         scale = getattr(encoder, "logit_scale", None)
         if isinstance(scale, torch.Tensor) and scale.numel() == 1:
             self.logit_scale = float(scale.detach().float().exp())
+            self.logit_scale_rule = "exp(logit_scale) of the checkpoint (CLIP)"
 
     def _setup(self, pooling: str) -> tuple[str, int]:
         with torch.inference_mode():

@@ -35,17 +35,23 @@ POSITION_IDS = Allowance(
 )
 
 
-def canvas_preprocess(crop_foreground: bool = False) -> PreprocessConfig:
-    """FLAIR/KeepFIT's input (flair.md section 1.5): [0, 1] scaling with no mean/std, the
-    longer side resized to 512 (bilinear), zero padding on the right and bottom."""
+def canvas_preprocess(
+    crop_foreground: bool = False, reader: str = "pil_rgb", resolution: int = 512
+) -> PreprocessConfig:
+    """FLAIR/KeepFIT's input (flair.md section 1.5): float pixels in [0, 1] with no mean/std,
+    the longer side resized to 512 by torchvision's antialiased bilinear ``Resize`` on the
+    float tensor, zero padding on the right and bottom. FLAIR reads files with
+    ``convert('RGB')``; KeepFIT's loader does not convert (``reader="keepfit_array"``)."""
     return PreprocessConfig(
-        resolution=512,
+        resolution=resolution,
         mode="pad",
         pad_anchor="top_left",
         interpolation="bilinear",
         mean=None,
         std=None,
         crop_foreground=crop_foreground,
+        reader=reader,
+        antialias=True,
     )
 
 
@@ -96,6 +102,15 @@ class FlairFamilyModel(Model):
 
     template = "A fundus photograph of {}"
     max_length = 77
+    #: FLAIR's and KeepFIT's ``compute_text_embeddings`` average the unit prompt vectors and
+    #: do not re-normalise; their ZeroShot adapters multiply by ``logit_scale.exp()``
+    #: without the training clamp (flair.md sections 1.4 and 4.2).
+    zero_shot_prototype = "raw_mean"
+    logit_scale_rule = "exp(logit_scale) as stored, unclamped (the authors' ZeroShot adapter)"
+    #: how the authors' loader reads files (see PreprocessConfig.reader)
+    reader = "pil_rgb"
+    #: the authors' transferability default for the foreground crop in paper mode
+    paper_crop_foreground = False
     allowances: tuple[Allowance, ...] = (POSITION_IDS,)
     #: set by each member of the family
     family_name: str
@@ -106,12 +121,20 @@ class FlairFamilyModel(Model):
         weights: str | Path,
         tokenizer: str | None = None,
         projection: bool = True,
-        crop_foreground: bool = False,
+        crop_foreground: bool | None = None,
+        paper: bool = False,
         device: str = "cpu",
     ) -> None:
         name, network = self.family_name, self.network_cls()
-        if not isinstance(projection, bool) or not isinstance(crop_foreground, bool):
-            raise ConfigError(f"{name}: projection and crop_foreground take true or false")
+        if crop_foreground is None:
+            crop_foreground = self.paper_crop_foreground if paper is True else False
+        for option, value in (
+            ("projection", projection),
+            ("crop_foreground", crop_foreground),
+            ("paper", paper),
+        ):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}: option {option}={value!r} takes true or false")
         state, config = read_flair_state(weights)
         check_hub_config(config, weights, name)
         load_strict(network, state, weights, name, self.allowances)
@@ -120,9 +143,9 @@ class FlairFamilyModel(Model):
         self.projection = projection
         self.variant = "projected" if projection else "backbone"
         self.embed_dim = 512 if projection else network.vision_model.feature_dim
-        self.preprocess_config = canvas_preprocess(crop_foreground)
+        self.preprocess_config = canvas_preprocess(crop_foreground, self.reader)
         self.weights_digest = weights_digest(weights)
-        self.logit_scale = network.scale()
+        self.logit_scale = float(network.logit_scale.detach().exp())
         self.prompt_templates = (self.template,)
         folder = (
             find_tokenizer_folder(

@@ -49,12 +49,20 @@ FLAIR_PRETRAINING = (
 )
 
 
+#: In paper mode the linear probe runs on the raw 2048-d ResNet features, as the README of
+#: FLAIR (``--project_features False --norm_features False``) and KeepFIT V1's
+#: ``--method lp --project_features False`` state (flair.md section 4.3, keepfit.md section 5.3).
+PAPER_LINEAR_PROBE = {"linear_probe": {"projection": False}}
+
+
 class FLAIRModel(FlairFamilyModel):
     """FLAIR: ResNet-50 + Bio_ClinicalBERT, 512-d projections, 512 px canvas input.
     Options: ``tokenizer``, ``projection``, ``crop_foreground`` (see FlairFamilyModel)."""
 
     family_name = "flair"
     network_cls = FLAIRNetwork
+    #: main_transferability.py defaults to --crop_foreground True (flair.md section 1.5)
+    paper_crop_foreground = True
     pretraining_datasets = FLAIR_PRETRAINING
     modalities = frozenset({"cfp"})
 
@@ -66,8 +74,10 @@ def fundbench_register_models(register):
         FLAIRModel,
         description="FLAIR: ResNet-50 + Bio_ClinicalBERT CLIP-style model; needs "
         "flair_resnet.pth or the HF folder (options: tokenizer, projection, "
-        "crop_foreground)",
+        "crop_foreground, paper)",
         modalities=("cfp",),
         paper="arXiv 2308.07898",
         needs_weights=True,
+        paper_options={"paper": True},
+        paper_protocol_options=PAPER_LINEAR_PROBE,
     )

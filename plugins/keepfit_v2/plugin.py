@@ -31,8 +31,9 @@ def cached_run_dir(config) -> Path:
     return cache_dir() / "keepfit_v2" / f"{config.preset}-{key}"
 
 
-def ensure_trained(preset: str = "tiny", overrides: dict | None = None,
-                   device: str = "cpu") -> Path:
+def ensure_trained(
+    preset: str = "tiny", overrides: dict | None = None, device: str = "cpu"
+) -> Path:
     """The cached checkpoint for (preset, overrides), training it first if missing."""
     from fundbench_keepfit_v2.train import FINAL, LAST, run
 
@@ -44,14 +45,21 @@ def ensure_trained(preset: str = "tiny", overrides: dict | None = None,
 
 
 class KeepFITV2Model(Model):
-    """KeepFIT V2 embeddings: 512-d projected, L2-normalised image and text vectors."""
+    """KeepFIT V2 embeddings: 512-d projected, L2-normalised image and text vectors.
+    Zero-shot follows V1's code: raw mean of the unit prompt vectors, unclamped scale."""
 
-    def __init__(self, weights: str | None = None, preset: str = "tiny", device: str = "cpu",
-                 **overrides) -> None:
+    zero_shot_prototype = "raw_mean"
+    logit_scale_rule = "exp(logit_scale) as stored, unclamped (KeepFIT V1's ZeroShot adapter)"
+
+    def __init__(
+        self, weights: str | None = None, preset: str = "tiny", device: str = "cpu", **overrides
+    ) -> None:
         if weights:
             if overrides:
-                raise ConfigError(f"keepfit_v2: options {', '.join(sorted(overrides))} configure "
-                                  "training and cannot be combined with --weights")
+                raise ConfigError(
+                    f"keepfit_v2: options {', '.join(sorted(overrides))} configure "
+                    "training and cannot be combined with --weights"
+                )
             path = Path(weights)
         else:
             path = ensure_trained(preset, overrides, device)
@@ -65,8 +73,7 @@ class KeepFITV2Model(Model):
         self.preprocess_config = preprocess_config(loaded.config.vision.resolution)
         self.weights_digest = weights_digest(path)
         self.checkpoint_path = path
-        with torch.no_grad():
-            self.logit_scale = float(self.net.scale())
+        self.logit_scale = float(self.net.logit_scale.detach().exp())
         self.to(device)
 
     def to(self, device) -> KeepFITV2Model:
@@ -82,18 +89,23 @@ class KeepFITV2Model(Model):
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         enc = tokenize(self.tokenizer, texts, self.config.text.max_length)
-        return self.net.encode_text(enc["input_ids"].to(self.device),
-                                    enc["attention_mask"].to(self.device))
+        return self.net.encode_text(
+            enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        )
 
 
 @hookimpl
 def fundbench_register_models(register):
-    register("keepfit_v2", KeepFITV2Model,
-             description="KeepFIT V2 (MM-Retinal V2): V1 ResNet+BERT dual encoder with MLM "
-                         "text pretraining and hybrid contrastive+generative knowledge "
-                         "injection; trains its tiny preset on first use",
-             modalities=("cfp", "ffa", "oct"), paper="arXiv 2501.15798",
-             needs_weights=False)
+    register(
+        "keepfit_v2",
+        KeepFITV2Model,
+        description="KeepFIT V2 (MM-Retinal V2): V1 ResNet+BERT dual encoder with MLM "
+        "text pretraining and hybrid contrastive+generative knowledge "
+        "injection; trains its tiny preset on first use",
+        modalities=("cfp", "ffa", "oct"),
+        paper="arXiv 2501.15798",
+        needs_weights=False,
+    )
 
 
 @hookimpl

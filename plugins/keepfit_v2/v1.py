@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fundbench_flair.family import FlairFamilyModel
 from fundbench_flair.network import FLAIRNetwork
-from fundbench_flair.plugin import FLAIR_PRETRAINING
+from fundbench_flair.plugin import FLAIR_PRETRAINING, PAPER_LINEAR_PROBE
 from fundbench_keepfit_v2.model import MultiHeadAttention
 
 from fundbench import hookimpl
@@ -28,11 +28,14 @@ class KeepFITV1Network(FLAIRNetwork):
 
 class KeepFITV1Model(FlairFamilyModel):
     """KeepFIT V1 embeddings: 512-d projected, L2-normalised image and text vectors.
-    V1 never crops the foreground (it predates FLAIR's crop); the option stays available."""
+    V1 never crops the foreground (it predates FLAIR's crop), also in paper mode; the
+    option stays available."""
 
     family_name = "keepfit_v1"
     network_cls = KeepFITV1Network
     max_length = 256
+    #: KeepFIT's LoadImage reads np.array(Image.open(path)) without convert('RGB')
+    reader = "keepfit_array"
     pretraining_datasets = (*FLAIR_PRETRAINING, "MM-Retinal")
     modalities = frozenset({"cfp"})
 
@@ -47,4 +50,6 @@ def fundbench_register_models(register):
         modalities=("cfp",),
         paper="arXiv 2405.11793",
         needs_weights=True,
+        paper_options={"paper": True},
+        paper_protocol_options=PAPER_LINEAR_PROBE,
     )
