@@ -88,12 +88,13 @@ def _details(entry) -> str:
 
 
 def _add_subcommands() -> None:
-    from fundbench import cli_leaderboard, cli_screenshot
+    from fundbench import cli_embed, cli_leaderboard, cli_screenshot
     from fundbench.cli_data import data_app
 
     app.add_typer(data_app, name="data")
     cli_leaderboard.register(app)
     cli_screenshot.register(app)
+    cli_embed.register(app)
 
 
 _add_subcommands()
@@ -188,6 +189,12 @@ def run(
     config: Path | None = typer.Option(
         None, help="Run config YAML with 'weights' and 'model_args' [default: $FUNDBENCH_CONFIG]."
     ),
+    draft_decode: bool = typer.Option(
+        False,
+        "--draft-decode",
+        help="Opt-in: decode large JPEGs at reduced size (faster; changes pixels, recorded, "
+        "refused in paper suites).",
+    ),
 ):
     """Evaluate models on a suite or datasets; resumes where a previous run stopped."""
     from fundbench.runner import RunConfig
@@ -216,6 +223,7 @@ def run(
         bootstrap=bootstrap,
         cache=cache,
         config_file=config,
+        draft_decode=draft_decode,
     )
     summary = run_(config, _host())
     console.print(
