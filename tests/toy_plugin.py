@@ -61,9 +61,24 @@ def _broken_factory(**options):
     raise RuntimeError("weights server unreachable")
 
 
+class ToyRawMeanClip(ToyClip):
+    """ToyClip declaring FLAIR's zero-shot convention (raw mean of unit prompt vectors)."""
+
+    zero_shot_prototype = "raw_mean"
+    logit_scale = 20.0
+    logit_scale_rule = "fixed 20 (toy)"
+
+
 @hookimpl
 def fundbench_register_models(register):
     register("toy_clip", ToyClip, description="toy image-text model for tests")
+    register(
+        "toy_paper_clip",
+        ToyRawMeanClip,
+        description="toy model with a paper mode: 12 px, and 20 px for the linear probe",
+        paper_options={"resolution": 12},
+        paper_protocol_options={"linear_probe": {"resolution": 20}},
+    )
     register("toy_broken", _broken_factory, description="a model whose factory raises")
 
 
@@ -119,5 +134,14 @@ def fundbench_register_suites(register):
             "name": "toy",
             "datasets": ["toy_csv", "toy_oct"],
             "tasks": ["zero_shot", "few_shot_quick", "linear_probe"],
+        },
+    )
+    register(
+        "toy_paper",
+        {
+            "name": "toy_paper",
+            "paper": True,
+            "datasets": ["toy_csv"],
+            "tasks": ["zero_shot", "linear_probe"],
         },
     )

@@ -28,7 +28,6 @@ from fundbench_keepfit_v2.config import Config
 from fundbench_keepfit_v2.masking import mask_tokens
 from fundbench_keepfit_v2.text import tokenize
 
-from fundbench.datasets import open_image
 from fundbench.errors import DataError
 from fundbench.preprocess import PreprocessConfig
 
@@ -223,7 +222,7 @@ class ImageSource:
                     progress(i + 1, len(paths))
 
     def _decode(self, i: int) -> torch.Tensor:
-        tensor = self.pre(open_image(self.paths[i], self.pre.decode_size))
+        tensor = self.pre.load(self.paths[i])  # exact decoding, as at evaluation
         return (tensor * 255.0).round().to(torch.uint8)
 
     def get(self, indices) -> torch.Tensor:

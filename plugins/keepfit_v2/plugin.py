@@ -23,7 +23,8 @@ from fundbench.errors import ConfigError
 from fundbench.paths import cache_dir
 
 #: Bump when a training-code change alters the weights a config produces (new cache folder).
-TRAINING_VERSION = "1"
+#: 2: training images decoded exactly (no JPEG draft), as at evaluation.
+TRAINING_VERSION = "2"
 
 
 def cached_run_dir(config) -> Path:
