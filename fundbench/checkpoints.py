@@ -38,42 +38,81 @@ HF_WEIGHT_FILES = (
 )
 
 
+#: what :func:`read_checkpoint` reads
+NOT_A_CHECKPOINT = "not a PyTorch/safetensors checkpoint"
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """The top-level dict of a checkpoint file, read without executing any pickled code."""
+    """The top-level dict of a checkpoint file, read without executing any pickled code.
+
+    The format is told by the file's first bytes (a ``.safetensors`` name is trusted), so a
+    text file, an empty file or a truncated archive is one :class:`CheckpointError` saying
+    it is not a checkpoint, whatever ``torch.load`` or safetensors would raise on it.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         hint = " (a folder: give the weights file inside it)" if path.is_dir() else ""
         raise CheckpointError(f"{path}: checkpoint file not found{hint}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
+    kind, why = ("safetensors", "") if path.suffix == ".safetensors" else _sniff(path)
+    if kind is None:
+        raise CheckpointError(f"{path}: {NOT_A_CHECKPOINT} ({why})")
+    if kind == "safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ValueError, ...
             raise CheckpointError(
-                f"{path}: not a readable safetensors file ({_first(exc)})"
+                f"{path}: not a readable safetensors file ({_first(exc)[:200]})"
             ) from None
     try:
         try:  # memory-map zip checkpoints: a 1.3 GB file is not copied into RAM twice
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
         except RuntimeError as exc:
             if "mmap" not in str(exc) and "zip" not in str(exc):
                 raise
             data = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # garbage opcodes, not a refused class
+            raise CheckpointError(f"{path}: {NOT_A_CHECKPOINT} ({_torch_reason(exc)})") from None
         raise CheckpointError(
             f"{path}: refuses to unpickle objects other than tensors and plain containers "
-            f"({_first(exc)[:160]}); re-save the state dict alone, e.g. "
+            f"({_torch_reason(exc)}); re-save the state dict alone, e.g. "
             "torch.save(ckpt['model'], 'clean.pth')"
         ) from None
-    except (RuntimeError, EOFError, ValueError, AttributeError, OSError) as exc:
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({_first(exc)[:200]})"
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types on a damaged file
+        raise CheckpointError(f"{path}: {NOT_A_CHECKPOINT} ({_torch_reason(exc)})") from None
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
     return dict(data)
+
+
+def _sniff(path: Path) -> tuple[str | None, str]:
+    """(format, "") by the first bytes: ``"zip"`` (torch.save), ``"pickle"`` (legacy
+    torch.save), ``"tar"`` (torch < 0.4) or ``"safetensors"``; else (None, what it is)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        return None, "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip", ""
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:  # pickle PROTO opcode
+        return "pickle", ""
+    if head[257:262] == b"ustar":
+        return "tar", ""
+    if head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return "safetensors", ""  # 8-byte little-endian header size, then the JSON header
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a character cut at byte 512 is still text
+        text = head[: exc.start].decode("utf-8") if exc.start > len(head) - 4 else ""
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return None, f"a text file starting {first!r}" if first else "a text file"
+    return None, f"it starts with the bytes {head[:8].hex(' ')}"
 
 
 def unwrap(
@@ -279,6 +318,17 @@ def resolve_hf_folder(
     except (LocalEntryNotFoundError, OSError, ValueError):
         return None
     return Path(folder)
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """The informative part of a torch.load error: after "WeightsUnpickler error:", or the
+    first sentence (torch appends paragraphs of advice)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    text = _first(Exception(text)) if text.strip() else type(exc).__name__
+    return text.split(". ")[0][:160]
 
 
 def _first(exc: BaseException) -> str:

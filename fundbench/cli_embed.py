@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-import yaml
 
 from fundbench.errors import ConfigError
+from fundbench.validation import yaml_value
 
 
 def _weights(value: str | None, model: str) -> str | None:
@@ -38,7 +38,7 @@ def _model_args(values: list[str], model: str) -> dict:
             raise ConfigError(
                 f"--model-arg {value!r}: expected OPTION=VALUE or {model}.OPTION=VALUE"
             )
-        options[key] = yaml.safe_load(raw)
+        options[key] = yaml_value(f"--model-arg {value}", raw)
     return options
 
 

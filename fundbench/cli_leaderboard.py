@@ -86,6 +86,12 @@ def leaderboard(
     for folder in results:
         if not folder.is_dir():
             raise ConfigError(f"{folder}: not a folder (expected results from fundbench run)")
+    if output is not None and output.is_dir():
+        raise ConfigError(f"-o {output}: is a folder; name the file to write, e.g. board.md")
+    if summary is not None and summary.is_dir():
+        raise ConfigError(f"--summary {summary}: is a folder; name the file to append to")
+    # the baseline before anything is written: a bad one must not follow a printed board
+    baseline_rows = gate.read_leaderboard(baseline) if baseline is not None else None
     rows, generated_by = gate.build_leaderboard(results)
     if rows.empty:
         raise ConfigError(f"{', '.join(map(str, results))}: no ok result cells to rank")
@@ -106,7 +112,7 @@ def leaderboard(
     _write(output, text)
     if baseline is None:
         return 0
-    result = gate.compare(rows, gate.read_leaderboard(baseline), max_drop)
+    result = gate.compare(rows, baseline_rows, max_drop)
     if summary is not None:
         text = gate.markdown_summary(
             result, rows, metric=metric, protocols=protocol or None, baseline=baseline

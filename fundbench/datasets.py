@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,8 @@ class Dataset:
     definition: DatasetDefinition
     table: pd.DataFrame
     manifest_digest: str
+    #: images left out because they cannot be decoded (``--skip-bad-images``): path, reason
+    skipped: list[dict] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -224,6 +226,39 @@ def manifest_digest(table: pd.DataFrame) -> str:
     for row in table[["sha256", "label", "patient", "split"]].itertuples(index=False):
         h.update("|".join(map(str, row)).encode() + b"\n")
     return h.hexdigest()
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why an image cannot be decoded, or None; cheaper than decoding it for a model.
+
+    PNG: ``verify()`` walks every chunk and its CRC, which catches truncation and flipped
+    bytes. JPEG: ``verify()`` reads only the header, so the file is decoded at 1/8 scale
+    (libjpeg still reads the whole entropy-coded stream; a truncated file fails). Other
+    formats are decoded in full, as extraction would.
+    """
+    try:
+        with Image.open(path) as image:
+            kind = image.format
+            if kind == "PNG":
+                image.verify()
+                return None
+            if kind == "JPEG":
+                image.draft(image.mode, (1, 1))
+            image.load()
+    except FileNotFoundError:
+        return "file does not exist"
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for a broken file
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+def without_images(dataset: Dataset, bad: dict[str, str]) -> Dataset:
+    """``dataset`` without the images at the paths in ``bad`` (path -> reason), recorded in
+    :attr:`Dataset.skipped`; the manifest digest is that of what remains."""
+    keep = ~dataset.table["path"].astype(str).isin(bad)
+    table = dataset.table[keep].reset_index(drop=True)
+    skipped = [{"path": p, "reason": r} for p, r in sorted(bad.items())]
+    return replace(dataset, table=table, manifest_digest=manifest_digest(table), skipped=skipped)
 
 
 def decode_image(path: str | Path, config: PreprocessConfig | None = None) -> Image.Image:

@@ -29,6 +29,7 @@ from fundbench.errors import ConfigError
 from fundbench.features import ExtractionStats, FeatureStore, model_cache_key
 from fundbench.model import Model
 from fundbench.paths import cache_dir
+from fundbench.validation import check_device, existing_dir, positive_int, writable_dir
 
 #: Files a folder contributes (case-insensitive); anything else in it is ignored.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -263,14 +264,12 @@ def embed(
                 raise ConfigError(f"{name} {value}: applies only with --dataset ID")
     if split is not None and split not in SPLITS:
         raise ConfigError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"--batch-size {batch_size}: need at least 1")
+    positive_int("--batch-size", batch_size)
     for name, value in (("--data-root", data_root), ("--dataset-root", dataset_root)):
-        if value is not None and not Path(value).expanduser().is_dir():
-            raise ConfigError(f"{name} {value}: not a folder")
-    if cache is not None and Path(cache).expanduser().exists():
-        if not Path(cache).expanduser().is_dir():
-            raise ConfigError(f"--cache {cache}: exists and is not a folder")
+        if value is not None:
+            existing_dir(name, value)
+    if cache is not None:
+        writable_dir("--cache", cache)
     if isinstance(model, Model):
         given = [n for n, v in (("weights", weights), ("model_args", model_args)) if v]
         if config is not None:
@@ -283,7 +282,7 @@ def embed(
     elif not isinstance(model, str) or not model:
         raise ConfigError(f"model {model!r}: expected a registered name or a fundbench.Model")
     else:
-        _check_device(device)
+        check_device(device)
     paths = collect_images(images) if images is not None else None
 
     if not isinstance(model, Model):
@@ -361,14 +360,6 @@ def _has_pyarrow() -> bool:
 def _check_format_name(format: str) -> None:
     if format not in FORMATS:
         raise ConfigError(f"--format {format!r}: choose from {', '.join(FORMATS)}")
-
-
-def _check_device(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine")
 
 
 def collect_images(images: str | Path | Sequence[str | Path]) -> list[str]:

@@ -29,3 +29,11 @@ class CheckpointError(FundbenchError):
 
 class DatasetMissing(DataError):
     """A dataset's folder is not on this disk; a run reports it and goes on without it."""
+
+
+class DiskFullError(FundbenchError):
+    """A file could not be written for lack of space; nothing half-written is left behind."""
+
+
+class LockHeldError(FundbenchError):
+    """Another live fundbench process holds the results folder this run would write."""

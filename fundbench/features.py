@@ -9,11 +9,20 @@ Several models can be extracted in one pass (:meth:`FeatureStore.extract`): each
 then decoded once and handed to every model whose preprocessing starts from the same decoded
 pixels (the same :attr:`PreprocessConfig.decode_key`), which wins back the time that exact,
 full-resolution decoding costs without changing a single pixel.
+
+Faults: each shard carries a SHA-256 of its contents; a shard that fails to load or to match
+it (truncated, flipped bytes) is discarded with a warning naming it and its images are embedded
+again, never trusted. Extraction for a model holds that model's cache folder lock
+(:mod:`fundbench.locks`), so two runs sharing a cache never embed the same images twice; the
+second waits, then reads the first one's shards. A stop request (Ctrl-C, SIGTERM) saves the
+embeddings computed so far as a shard before the run unwinds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fundbench import interrupt
 from fundbench.atomic import write_atomic
 from fundbench.datasets import decode_image
+from fundbench.locks import exclusive
 from fundbench.model import Model
+from fundbench.progress import warn
 
 #: Bump when the extraction changes in a way that alters embeddings.
 #: 2: exact full-resolution decoding and the authors' library resize/crop operations.
@@ -66,6 +78,8 @@ class FeatureStore:
     root: Path
     shard_size: int = 256
     _loaded: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: shard file names already read into ``_loaded``, per key
+    _read: dict[str, set[str]] = field(default_factory=dict)
 
     def _folder(self, key: str) -> Path:
         return Path(self.root) / key
@@ -73,25 +87,36 @@ class FeatureStore:
     def known(self, key: str) -> dict[str, np.ndarray]:
         """All cached embeddings for a model key (read from disk once per process)."""
         if key not in self._loaded:
-            table: dict[str, np.ndarray] = {}
-            for shard in sorted(self._folder(key).glob("shard-*.npz")):
-                with np.load(shard) as data:
-                    for digest, vector in zip(data["ids"].tolist(), data["x"], strict=True):
-                        table[digest] = vector
-            self._loaded[key] = table
+            self._loaded[key], self._read[key] = {}, set()
+            self.refresh(key)
         return self._loaded[key]
+
+    def refresh(self, key: str) -> dict[str, np.ndarray]:
+        """Read the shards of ``key`` that appeared since (another run may have written some)."""
+        table = self._loaded.setdefault(key, {})
+        read = self._read.setdefault(key, set())
+        for shard in sorted(self._folder(key).glob("shard-*.npz")):
+            if shard.name in read:
+                continue
+            loaded = _read_shard(shard)
+            if loaded is not None:
+                table.update(zip(*loaded, strict=True))
+                read.add(shard.name)
+        return table
 
     def _save_shard(self, key: str, ids: list[str], x: np.ndarray) -> None:
         name = hashlib.sha256("".join(ids).encode()).hexdigest()[:16]
         path = self._folder(key) / f"shard-{name}.npz"
+        ids_array = np.array(ids)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
-                np.savez(fh, ids=np.array(ids), x=x)
+                np.savez(fh, ids=ids_array, x=x, sha256=np.array(_shard_digest(ids, x)))
 
-        write_atomic(path, write)
+        write_atomic(path, write, size=x.nbytes + ids_array.nbytes + 1024)
         table = self.known(key)
         table.update(zip(ids, x, strict=True))
+        self._read[key].add(path.name)
 
     def embeddings(
         self,
@@ -123,19 +148,41 @@ class FeatureStore:
     ) -> None:
         """Fill the cache of every model for these images in one pass over the files."""
         stats = list(stats) if stats is not None else [ExtractionStats() for _ in models]
-        jobs = []
-        for model, st in zip(models, stats, strict=True):
-            key = model_cache_key(model)
-            table, todo = self.known(key), {}
-            for path, digest in zip(paths, digests, strict=True):
-                if digest not in table and digest not in todo:
-                    todo[digest] = path
-            st.cached += len(set(digests)) - len(todo)
-            if todo:
-                jobs.append(_Job(model, key, todo, st))
-        if jobs:
-            size = batch_size or min(job.model.default_batch_size for job in jobs)
-            self._extract(jobs, size, progress)
+        keys = [model_cache_key(model) for model in models]
+        busy = sorted({key for key in keys if self._todo(key, paths, digests)})
+        if not busy:
+            for st in stats:
+                st.cached += len(set(digests))
+            return
+        with contextlib.ExitStack() as held:
+            for key in busy:  # one order for every process: no deadlock
+                folder = self._folder(key)
+                what = "this model's feature cache, which another run is filling"
+                held.enter_context(exclusive(folder, what=what, wait=None))
+                for stale in folder.glob(".*.tmp"):  # left by a writer killed mid-shard
+                    stale.unlink(missing_ok=True)
+                self.refresh(key)  # what the other run embedded while we waited
+            jobs = []
+            for model, key, st in zip(models, keys, stats, strict=True):
+                todo = self._todo(key, paths, digests)
+                st.cached += len(set(digests)) - len(todo)
+                if todo:
+                    jobs.append(_Job(model, key, todo, st))
+            if jobs:
+                size = batch_size or min(job.model.default_batch_size for job in jobs)
+                self._extract(jobs, size, progress)
+
+    def _todo(self, key: str, paths: Sequence[str], digests: Sequence[str]) -> dict[str, str]:
+        table, todo = self.known(key), {}
+        for path, digest in zip(paths, digests, strict=True):
+            if digest not in table and digest not in todo:
+                todo[digest] = path
+        return todo
+
+    def missing(self, model: Model, digests: Sequence[str]) -> set[str]:
+        """The digests among ``digests`` that ``model`` has no cached embedding for."""
+        table = self.known(model_cache_key(model))
+        return {d for d in digests if d not in table}
 
     def _extract(
         self,
@@ -179,14 +226,60 @@ class FeatureStore:
                     if mine:
                         job.forward([d for d, _ in mine], torch.stack([x for _, x in mine]))
                     if job.pending_ids and (len(job.pending_ids) >= self.shard_size or last):
-                        self._save_shard(job.key, job.pending_ids, np.concatenate(job.pending_x))
-                        job.pending_ids, job.pending_x = [], []
+                        self._flush(job)
                 done += len(batch)
                 if progress:
                     progress(done, len(order))
+                if interrupt.requested() is not None:  # keep what was computed, then stop
+                    for job in jobs:
+                        self._flush(job)
+                    interrupt.check()
         elapsed = time.perf_counter() - start
         for job in jobs:
             job.stats.total_s += elapsed
+
+    def _flush(self, job: _Job) -> None:
+        if job.pending_ids:
+            self._save_shard(job.key, job.pending_ids, np.concatenate(job.pending_x))
+            job.pending_ids, job.pending_x = [], []
+
+
+def _shard_digest(ids: Sequence[str], x: np.ndarray) -> str:
+    """SHA-256 of a shard's contents (ids, dtype, shape, values), stored inside it."""
+    h = hashlib.sha256()
+    h.update("\n".join(ids).encode())
+    h.update(f"|{x.dtype.str}|{x.shape}|".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
+
+
+def _read_shard(path: Path) -> tuple[list[str], np.ndarray] | None:
+    """A shard's ids and vectors, or None after discarding a shard that cannot be trusted
+    (it fails to load, or its contents do not match the SHA-256 stored in it)."""
+    try:
+        before = os.stat(path)
+    except FileNotFoundError:  # another run discarded it just now
+        return None
+    try:
+        with np.load(path) as data:
+            ids, x = data["ids"].tolist(), data["x"]
+            stored = str(data["sha256"]) if "sha256" in data.files else None
+        if x.ndim != 2 or len(ids) != len(x):
+            raise ValueError(f"{len(ids)} ids for vectors of shape {x.shape}")
+        if stored is not None and stored != _shard_digest(ids, x):
+            raise ValueError("contents do not match the SHA-256 stored in the shard")
+    except Exception as exc:  # noqa: BLE001 - any failure to read a cache file: do not trust it
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        warn(
+            f"feature cache shard {path} is corrupt or truncated ({reason}); discarded, "
+            "its images will be embedded again"
+        )
+        with contextlib.suppress(OSError):
+            now = os.stat(path)
+            if (now.st_ino, now.st_mtime_ns) == (before.st_ino, before.st_mtime_ns):
+                path.unlink()  # never a good shard another run renamed over it meanwhile
+        return None
+    return ids, x
 
 
 @dataclass

@@ -99,18 +99,74 @@ def write_record(out: Path, record: dict) -> Path:
 
 
 def read_record(path: Path) -> dict | None:
-    """A record, or None when the file is missing or unreadable (then it is recomputed)."""
+    """A record, or None when the file is missing, unreadable or not a JSON object (then
+    it is recomputed)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or not UTF-8
         return None
+    return record if isinstance(record, dict) else None
+
+
+_CELL_TYPES = {
+    "model": str,
+    "dataset": str,
+    "task": str,
+    "protocol": str,
+    "adapter": str,
+    "k": (int, type(None)),
+    "seed": (int, type(None)),
+}
+
+
+def check_record(record: dict, path: Path | str) -> dict:
+    """``record`` if it has what loading needs (cell, status, metrics), else a
+    :class:`DataError` naming the file."""
+
+    def bad(why: str) -> DataError:
+        return DataError(f"{path}: not a fundbench result record ({why})")
+
+    cell = record.get("cell")
+    if not isinstance(cell, dict):
+        raise bad("no 'cell' mapping")
+    for key, kind in _CELL_TYPES.items():
+        if key not in cell:
+            raise bad(f"'cell' lacks {key!r}")
+        if not isinstance(cell[key], kind) or isinstance(cell[key], bool):
+            raise bad(f"cell {key!r} is {cell[key]!r:.60}")
+    extra = sorted(set(cell) - set(_CELL_TYPES), key=str)
+    if extra:
+        raise bad(f"unknown cell key(s) {extra}")
+    status = record.get("status")
+    if status not in ("ok", "not_applicable"):
+        raise bad(f"status {status!r:.60}, expected 'ok' or 'not_applicable'")
+    if status == "ok":
+        metrics = record.get("metrics")
+        if not isinstance(metrics, dict):
+            raise bad("an ok record without a 'metrics' mapping")
+        for name, m in metrics.items():
+            if not isinstance(m, dict) or not all(
+                k in m and isinstance(m[k], int | float | None) and not isinstance(m[k], bool)
+                for k in ("value", "ci_low", "ci_high")
+            ):
+                raise bad(f"metric {name!r} needs numbers or null for value, ci_low, ci_high")
+    for key in ("n_classes", "n_test"):
+        value = record.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise bad(f"{key!r} is {value!r:.60}")
+    if not isinstance(record.get("contamination") or {}, dict):
+        raise bad("'contamination' is not a mapping")
+    return record
 
 
 def iter_records(out: Path):
+    """Every record under ``out/records`` (files that are not JSON objects are skipped, as a
+    resumed run recomputes them); one that is JSON but not a record is a :class:`DataError`
+    naming the file."""
     for path in sorted((Path(out) / "records").rglob("*.json")):
         record = read_record(path)
         if record is not None:
-            yield record
+            yield check_record(record, path)
 
 
 def load_results(path: str | Path, *, include_not_applicable: bool = False) -> pd.DataFrame:

@@ -3,26 +3,37 @@
 For each model and dataset the runner extracts (or reads cached) embeddings once, then
 walks the task cells. A cell whose record exists with the same fingerprint is skipped, so a
 rerun after Ctrl-C or kill -9 finishes the missing cells and ends with the same numbers.
+
+Faults (see the README's "Faults fundbench survives"): the results folder is locked for the
+run (:mod:`fundbench.locks`); Ctrl-C and SIGTERM stop at the next cell boundary
+(:mod:`fundbench.interrupt`); images are checked before any extraction and an undecodable one
+stops the run unless ``skip_bad_images``; a full disk fails with one line from
+:mod:`fundbench.atomic`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fundbench import interrupt
 from fundbench.atomic import write_json_atomic
 from fundbench.contamination import evidence
-from fundbench.datasets import Dataset, load_dataset
+from fundbench.datasets import Dataset, image_problem, load_dataset, without_images
 from fundbench.definitions import TaskDefinition, digest_of
-from fundbench.errors import ConfigError, DatasetMissing, FundbenchError, PluginError
+from fundbench.errors import ConfigError, DataError, DatasetMissing, FundbenchError, PluginError
 from fundbench.evaluate import PROTOCOL_CELLS, Context, Features, Outcome, score
-from fundbench.features import ExtractionStats, FeatureStore
+from fundbench.features import DECODE_THREADS, ExtractionStats, FeatureStore
 from fundbench.host import Host
+from fundbench.locks import exclusive
 from fundbench.model import Model
 from fundbench.paths import DEFAULT_OUT, cache_dir
 from fundbench.progress import make_progress, progress_callback, warn
@@ -31,6 +42,7 @@ from fundbench.protocols import zero_shot
 from fundbench.provenance import environment
 from fundbench.registry import Entry
 from fundbench.results import SCHEMA_VERSION, Cell, read_record, write_record
+from fundbench.validation import check_prompt_coverage, check_run_config
 from fundbench.weights import RunFile, missing_weights_message, resolve_weights
 
 #: Bump when protocol code changes numbers for the same inputs (invalidates old records).
@@ -64,6 +76,10 @@ class RunConfig:
     config_file: Path | None = None
     #: opt-in reduced-size JPEG decoding (changes pixels; refused in paper suites)
     draft_decode: bool = False
+    #: leave out images that cannot be decoded (reported, counted in records) instead of failing
+    skip_bad_images: bool = False
+    #: seconds to wait for another run holding ``out``; 0 refuses at once, naming the holder
+    lock_wait: float = 0.0
 
 
 @dataclass
@@ -211,20 +227,47 @@ def _built(entry: Entry, config: RunConfig, options: dict) -> Model:
 
 
 def run(config: RunConfig, host: Host) -> RunSummary:
+    """Run every pending cell. Ctrl-C or SIGTERM stops at the next cell boundary (or
+    extraction batch, whose embeddings are saved) with :class:`~fundbench.interrupt.RunInterrupted`;
+    what was written stays, and the same call resumes."""
+    summary = RunSummary(out=Path(config.out))
+    with interrupt.stop_at_boundaries(), contextlib.ExitStack() as held:
+        try:
+            return _run(config, host, summary, held)
+        except (interrupt.StopRequested, KeyboardInterrupt) as exc:
+            signum = getattr(exc, "signum", None) or interrupt.requested() or signal.SIGINT
+            written = summary.computed + summary.not_applicable
+            raise interrupt.RunInterrupted(signum, written, summary.out) from None
+
+
+def _run(
+    config: RunConfig, host: Host, summary: RunSummary, held: contextlib.ExitStack
+) -> RunSummary:
     start = time.perf_counter()
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {config.device}: CUDA is not available on this machine")
+    # every option and file first (fundbench.validation); the config file is read once here
+    run_file = check_run_config(config)  # weights, model args, data roots
     model_entries, dataset_entries, tasks = resolve_plan(config, host)
+    check_prompt_coverage(config.prompts, [e.obj for e in dataset_entries], tasks)
     paper = host.suites.get(config.suite or DEFAULT_SUITE).obj.paper
-    run_file = RunFile.load(config.config_file)  # read once: weights, model args, data roots
     model_inputs = resolve_model_inputs(config, model_entries, run_file)
     out = Path(config.out)
-    for stale in out.glob("records/**/.*.tmp"):  # left by a run killed mid-write
-        stale.unlink()
-    summary = RunSummary(out=out)
+    if config.lock_wait is not None and config.lock_wait < 0:
+        raise ConfigError(f"--wait-for-lock {config.lock_wait:g}: need 0 or more seconds")
+    held.enter_context(
+        exclusive(
+            out,
+            what="this results folder",
+            wait=config.lock_wait,
+            hint="wait for it to finish, choose another --out, or pass --wait-for-lock SECONDS",
+        )
+    )
+    for pattern in ("records/**/.*.tmp", ".*.tmp"):  # left by a run killed mid-write
+        for stale in out.glob(pattern):
+            stale.unlink(missing_ok=True)
     store = FeatureStore(Path(config.cache) if config.cache else cache_dir() / "features")
     model_runs = build_model_runs(config, model_entries, tasks, model_inputs, paper)
     datasets, missing = _load_datasets(config, dataset_entries, host, run_file)
+    plans = _plan_checked(datasets, model_runs, store, config)  # fails before any extraction
     summary.missing = missing
     run_info = {
         "config": _config_dict(config),
@@ -234,6 +277,7 @@ def run(config: RunConfig, host: Host) -> RunSummary:
             d.id: {
                 "manifest_digest": d.manifest_digest,
                 "images": d.table["split"].value_counts().to_dict(),
+                "skipped_images": d.skipped,
             }
             for d in datasets.values()
         },
@@ -252,8 +296,10 @@ def run(config: RunConfig, host: Host) -> RunSummary:
             run_info["models"][mr.entry.name].setdefault("task_variants", []).append(described)
         else:
             run_info["models"][mr.entry.name] = described
+    interrupt.arm()  # from here a first Ctrl-C/SIGTERM waits for the next cell boundary
     for dataset in datasets.values():
-        pairs = [PairPlan.make(mr, dataset, config, store) for mr in model_runs]
+        interrupt.check()
+        pairs = plans[dataset.id]
         needing = [p for p in pairs if p.needs_features]
         if len(needing) > 1:  # one pass over the files for every model: decode each image once
             _extract_together(needing, dataset, config, store)
@@ -275,6 +321,7 @@ def run(config: RunConfig, host: Host) -> RunSummary:
             "not_applicable": summary.not_applicable,
         },
     )
+    interrupt.check()
     write_json_atomic(out / "run.json", run_info)
     if config.report:
         from fundbench.report import render_report
@@ -312,6 +359,42 @@ def _load_datasets(
             "see `fundbench data info NAME` for where to get each"
         )
     return datasets, missing
+
+
+def _plan_checked(
+    datasets: dict[str, Dataset], runs: list[ModelRun], store: FeatureStore, config: RunConfig
+) -> dict[str, list[PairPlan]]:
+    """Every (model, dataset) plan, after checking that each image some model still has to
+    embed decodes; ``datasets`` is updated in place when images are left out.
+
+    A bad image fails the run (before any extraction) with the list of bad files, or with
+    ``skip_bad_images`` is left out: warned, listed in run.json, counted in every record of
+    the dataset. Cached images are not reread, and a warm rerun checks nothing."""
+    plans, failures = {}, []
+    for name, dataset in list(datasets.items()):
+        pairs = [PairPlan.make(mr, dataset, config, store) for mr in runs]
+        todo: set[str] = set()
+        for pair in pairs:
+            if pair.needs_features:
+                todo |= store.missing(pair.run.model, dataset.table["sha256"].tolist())
+        paths = sorted(set(dataset.table.loc[dataset.table["sha256"].isin(todo), "path"]))
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+            problems = dict(zip(paths, pool.map(image_problem, paths), strict=True))
+        bad = {p: why for p, why in problems.items() if why is not None}
+        if bad and config.skip_bad_images:
+            shown = "; ".join(f"{p} ({why})" for p, why in sorted(bad.items()))
+            warn(f"{name}: skipping {len(bad)} image(s) that cannot be decoded: {shown}")
+            dataset = datasets[name] = without_images(dataset, bad)
+            pairs = [PairPlan.make(mr, dataset, config, store) for mr in runs]
+        elif bad:
+            failures += [f"{p}: cannot decode image ({why})" for p, why in sorted(bad.items())]
+        plans[name] = pairs
+    if failures:
+        raise DataError(
+            f"{len(failures)} image(s) cannot be decoded: {'; '.join(failures)}; re-download "
+            "or remove them from the label file, or pass --skip-bad-images to run without them"
+        )
+    return plans
 
 
 @dataclass
@@ -419,6 +502,7 @@ class PairPlan:
         with make_progress() as progress:
             bar = progress.add_task(f"{name} / {self.dataset.id}", total=len(self.pending))
             for task, task_digest, cell, compute, fingerprint in self.pending:
+                interrupt.check()  # a cell boundary: stop here when asked to
                 outcome = (
                     Outcome(reason=self.modality_reason) if self.modality_reason else compute()
                 )
@@ -518,6 +602,7 @@ def _record(
         "n_classes": len(classes),
         "classes": classes,
         "provenance": provenance,
+        "skipped_images": len(dataset.skipped),
     }
     if outcome.reason:
         return {**record, "status": "not_applicable", "reason": outcome.reason}

@@ -22,8 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from fundbench.errors import ConfigError
 
 CONFIG_ENV = "FUNDBENCH_CONFIG"
@@ -58,47 +56,63 @@ class RunFile:
             path = os.environ.get(CONFIG_ENV) or None
         if path is None:
             return cls()
-        path = Path(path).expanduser()
+        path = _expand(Path(path), Path(path))
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        from fundbench.definitions import read_yaml
+
+        data = read_yaml(path)
+        data = {} if data is None else data
         allowed = ("weights", "model_args", "data_root", "dataset_roots")
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a mapping with keys {', '.join(allowed)}")
         unknown = set(data) - set(allowed)
         if unknown:
             raise ConfigError(
-                f"{path}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(allowed)}"
+                f"{path}: unknown key(s) {sorted(unknown, key=str)}; allowed: {', '.join(allowed)}"
             )
         weights = data.get("weights") or {}
         model_args = data.get("model_args") or {}
         if not isinstance(weights, Mapping) or not all(
-            isinstance(v, str) for v in weights.values()
+            isinstance(v, str) and v for v in weights.values()
         ):
             raise ConfigError(f"{path}: 'weights' must map model names to file paths")
         if not isinstance(model_args, Mapping) or not all(
-            isinstance(v, Mapping) for v in model_args.values()
+            isinstance(v, Mapping) and all(isinstance(o, str) for o in v)
+            for v in model_args.values()
         ):
             raise ConfigError(f"{path}: 'model_args' must map model names to option mappings")
-        # Relative paths are relative to the config file, so a project can commit it.
-        weights = {str(k): str(_relative_to(path, v)) for k, v in weights.items()}
         roots = data.get("dataset_roots") or {}
-        if not isinstance(roots, Mapping):
+        if not isinstance(roots, Mapping) or not all(
+            isinstance(v, str) and v for v in roots.values()
+        ):
             raise ConfigError(f"{path}: 'dataset_roots' must map dataset ids to folders")
+        data_root = data.get("data_root")
+        if data_root is not None and not (isinstance(data_root, str) and data_root):
+            raise ConfigError(f"{path}: 'data_root' must be a folder path, got {data_root!r:.80}")
+        # Relative paths are relative to the config file, so a project can commit it.
         return cls(
             path,
-            weights,
+            {str(k): str(_relative_to(path, v)) for k, v in weights.items()},
             {str(k): dict(v) for k, v in model_args.items()},
-            _relative_to(path, data["data_root"]) if data.get("data_root") else None,
+            _relative_to(path, data_root) if data_root else None,
             {str(k): _relative_to(path, v) for k, v in roots.items()},
         )
 
 
+def _expand(path: Path, source: Path) -> Path:
+    """``~`` expanded; a ``~user`` that does not exist is a one-line error naming ``source``."""
+    try:
+        return path.expanduser()
+    except RuntimeError:  # "Could not determine home directory"
+        user = str(path).split("/")[0]
+        raise ConfigError(
+            f"{source}: cannot expand {user!r} in {str(path)!r} (no such user)"
+        ) from None
+
+
 def _relative_to(config: Path, value: str) -> Path:
-    candidate = Path(str(value)).expanduser()
+    candidate = _expand(Path(str(value)), config)
     return candidate if candidate.is_absolute() else config.parent / candidate
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fundbench_random_init import RandomInitModel
+from fundbench_random_init.model import RandomInitModel
 from PIL import Image
 
 import fundbench
@@ -235,7 +235,7 @@ BAD = [
     (["{imgs}", "--model-arg", "depth=3"], "does not accept the options"),
     (["{imgs}", "--weights", "/nonexistent/w.pth"], "does not exist"),
     (["{imgs}", "--weights", "flair={imgs}/a.png"], "names model 'flair'"),
-    (["{imgs}", "--batch-size", "0"], "--batch-size 0: need at least 1"),
+    (["{imgs}", "--batch-size", "0"], "--batch-size 0: must be a positive integer"),
 ]
 
 
