@@ -6,16 +6,17 @@ Bad input exits non-zero with one line that names the culprit; ``--debug`` adds 
 from __future__ import annotations
 
 import difflib
+import json
 import sys
 import traceback
 from pathlib import Path
 
 import click
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
+from fundbench import validation
 from fundbench.errors import ConfigError, FundbenchError
 from fundbench.paths import DEFAULT_OUT
 from fundbench.progress import console
@@ -47,13 +48,24 @@ def _host():
 
 
 @app.command("list")
-def list_(kind: str = typer.Argument(..., help="models | datasets | tasks | suites | formats")):
-    """List what the installed plugins provide."""
+def list_(
+    kind: str = typer.Argument(
+        ..., help="models | datasets | tasks | suites | formats | trainers"
+    ),
+    format_: str = typer.Option("table", "--format", help="table | json (machine-readable)."),
+):
+    """List what the installed plugins provide (imports no model code)."""
     if kind not in KINDS:
         close = difflib.get_close_matches(kind, KINDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown kind {kind!r}{hint} (choose from {', '.join(KINDS)})")
+    if format_ not in ("table", "json"):
+        raise ConfigError(f"--format {format_!r}: choose table or json")
     registry = getattr(_host(), kind)
+    if format_ == "json":
+        rows = [_listing_row(kind, entry) for entry in registry]
+        sys.stdout.write(json.dumps(rows, indent=2, default=_jsonable) + "\n")
+        return
     table = Table(title=f"fundbench {kind}")
     for column in ("name", "details", "plugin"):
         table.add_column(column)
@@ -66,10 +78,35 @@ def list_(kind: str = typer.Argument(..., help="models | datasets | tasks | suit
     stdout.print(table)
 
 
+def _listing_row(kind: str, entry) -> dict:
+    """One entry of ``fundbench list KIND --format json``; never imports a lazy factory."""
+    return {
+        "name": entry.name,
+        "kind": kind[:-1],
+        "plugin": entry.plugin.name,
+        "distribution": entry.plugin.distribution,
+        "version": entry.plugin.version,
+        "target": entry.target or None,  # "module:attr" of a factory; None for definitions
+        "details": _details(entry),
+        "metadata": entry.metadata,
+    }
+
+
+def _jsonable(value):
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
+
+
 def _details(entry) -> str:
-    obj, meta = entry.obj, entry.metadata
+    meta = entry.metadata
     if "description" in meta:
         return str(meta["description"])
+    if not entry.loaded:  # a lazily registered factory: listing it must not import it
+        return ""
+    obj = entry.obj
     if hasattr(obj, "modality"):
         return f"{obj.modality}, {len(obj.classes)} classes: {obj.name}"
     if hasattr(obj, "protocol"):
@@ -112,53 +149,12 @@ def plugins():
     stdout.print(table)
 
 
-def _parse_weights(values: list[str]) -> dict[str, str]:
-    weights: dict[str, str] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep:
-            name, path = "", value
-        if not Path(path).exists():
-            raise ConfigError(f"--weights {value}: file {path!r} does not exist")
-        weights[name] = path
-    return weights
-
-
-def _parse_dataset_roots(values: list[str]) -> dict[str, Path]:
-    roots = {}
-    for value in values:
-        name, sep, folder = value.partition("=")
-        if not (sep and name and folder):
-            raise ConfigError(f"--dataset-root {value!r}: expected NAME=DIR")
-        if not Path(folder).expanduser().is_dir():
-            raise ConfigError(f"--dataset-root {value}: {folder!r} is not a folder")
-        roots[name] = Path(folder).expanduser()
-    return roots
-
-
-def _parse_model_args(values: list[str]) -> dict[str, dict]:
-    options: dict[str, dict] = {}
-    for value in values:
-        key, sep, raw = value.partition("=")
-        model, dot, option = key.rpartition(".")  # model names may hold dots (timm tags)
-        if not (sep and dot and model and option):
-            raise ConfigError(f"--model-arg {value!r}: expected MODEL.OPTION=VALUE")
-        options.setdefault(model, {})[option] = yaml.safe_load(raw)
-    return options
-
-
-def _parse_shots(value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        shots = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"--shots {value!r}: expected comma-separated integers like 1,2,4"
-        ) from None
-    if not shots or min(shots) < 1:
-        raise ConfigError(f"--shots {value!r}: shots must be positive integers")
-    return shots
+# NAME=VALUE pairs and --shots are parsed (and checked) by the one validation layer, which
+# fundbench.runner.run also applies to every option and file of the RunConfig.
+_parse_weights = validation.parse_weights
+_parse_dataset_roots = validation.parse_dataset_roots
+_parse_model_args = validation.parse_model_args
+_parse_shots = validation.parse_shots
 
 
 @app.command()
@@ -180,7 +176,7 @@ def run(
     out: Path = typer.Option(DEFAULT_OUT, help="Results folder."),
     seeds: int | None = typer.Option(None, help="Few-shot seeds [default: the task's, 5]."),
     shots: str | None = typer.Option(None, help="Few-shot K values, e.g. 1,2,4,8,16."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N | mps"),
     limit: int | None = typer.Option(None, help="At most N images per split (smoke tests)."),
     prompts: Path | None = typer.Option(None, help="Your own zero-shot prompt YAML."),
     batch_size: int | None = typer.Option(None, help="Images per forward pass."),
@@ -195,15 +191,22 @@ def run(
         help="Opt-in: decode large JPEGs at reduced size (faster; changes pixels, recorded, "
         "refused in paper suites).",
     ),
+    skip_bad_images: bool = typer.Option(
+        False,
+        "--skip-bad-images",
+        help="Leave out images that cannot be decoded (listed, counted in every record) "
+        "instead of failing before extraction.",
+    ),
+    wait_for_lock: float = typer.Option(
+        0.0,
+        help="Seconds to wait when another run is writing the same --out [default: 0, "
+        "refuse at once, naming it].",
+    ),
 ):
     """Evaluate models on a suite or datasets; resumes where a previous run stopped."""
     from fundbench.runner import RunConfig
     from fundbench.runner import run as run_
 
-    if seeds is not None and seeds < 1:
-        raise ConfigError(f"--seeds {seeds}: need at least 1")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit {limit}: need at least 1")
     config = RunConfig(
         models=model,
         suite=suite,
@@ -224,8 +227,16 @@ def run(
         cache=cache,
         config_file=config,
         draft_decode=draft_decode,
+        skip_bad_images=skip_bad_images,
+        lock_wait=wait_for_lock,
     )
-    summary = run_(config, _host())
+    from fundbench.interrupt import RunInterrupted
+
+    try:
+        summary = run_(config, _host())
+    except RunInterrupted as exc:  # Ctrl-C / SIGTERM: the cells computed so far are kept
+        console.print(str(exc), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
     console.print(
         f"done in {summary.wall_s:.1f} s: {summary.computed} cells computed, "
         f"{summary.reused} reused, {summary.not_applicable} not applicable; "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 
 from fundbench.errors import ConfigError
-from fundbench.model import MODALITIES
+from fundbench.modalities import MODALITIES
 
 PROTOCOLS = ("zero_shot", "few_shot", "linear_probe")
 
@@ -27,9 +28,69 @@ def _require(data: dict, key: str, source: str) -> Any:
 
 
 def _check_keys(data: dict, allowed: set[str], source: str) -> None:
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted(set(data) - allowed, key=str)  # YAML keys may mix types (1, 'a')
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+# Typed readers of one value each: a wrong type is one line naming the file and the key,
+# never a TypeError from ``tuple(5)`` or a string silently split into its characters.
+
+
+def _mapping(value: Any, key: str, source: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: key {key!r} must be a mapping, got {_kind(value)}")
+    return value
+
+
+def _text(value: Any, key: str, source: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: key {key!r} must be a string, got {_kind(value)}")
+    return value
+
+
+def _name(value: Any, key: str, source: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{source}: key {key!r} must be a non-empty name, got {value!r:.80}")
+    return value
+
+
+def _names(value: Any, key: str, source: str, *, empty: bool = False) -> tuple[str, ...]:
+    if value is None and empty:
+        return ()
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, str) and v.strip() for v in value
+    ):
+        raise ConfigError(f"{source}: key {key!r} must be a list of names, got {value!r:.80}")
+    if not value and not empty:
+        raise ConfigError(f"{source}: key {key!r} must list at least one name")
+    return tuple(value)
+
+
+def _integer(value: Any, key: str, source: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(
+            f"{source}: key {key!r} must be an integer >= {minimum}, got {value!r:.80}"
+        )
+    return int(value)
+
+
+def _fraction(value: Any, key: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ConfigError(f"{source}: key {key!r} must be a number from 0 to 1, got {value!r:.80}")
+    return float(value)
+
+
+def _flag(value: Any, key: str, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r:.80}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
 
 
 def digest_of(data: Any) -> str:
@@ -74,34 +135,48 @@ class DatasetDefinition:
         fields = {f for f in cls.__dataclass_fields__ if f != "source"}
         _check_keys(data, fields, source)
         modality = _require(data, "modality", source)
-        if modality not in MODALITIES:
+        if not isinstance(modality, str) or modality not in MODALITIES:
             raise ConfigError(f"{source}: modality {modality!r} is not one of {sorted(MODALITIES)}")
-        classes = tuple(_require(data, "classes", source))
+        classes = _names(_require(data, "classes", source), "classes", source)
         if len(classes) < 2 or len(set(classes)) != len(classes):
             raise ConfigError(f"{source}: 'classes' needs two or more distinct names")
-        labels = {str(k): v for k, v in (data.get("labels") or {}).items()}
+        labels = {str(k): v for k, v in _mapping(data.get("labels"), "labels", source).items()}
+        odd = [v for v in labels.values() if v is not None and not isinstance(v, str)]
+        if odd:
+            raise ConfigError(
+                f"{source}: 'labels' must map raw labels to class names or null, got {odd[0]!r}"
+            )
         stray = sorted({v for v in labels.values() if v is not None} - set(classes))
         if stray:
             raise ConfigError(f"{source}: 'labels' maps to {stray}, which are not in 'classes'")
-        splits = dict(data.get("splits") or {})
+        splits = dict(_mapping(data.get("splits"), "splits", source))
         _check_keys(splits, {"val", "test", "seed"}, f"{source} (splits)")
+        for key in ("val", "test"):
+            if key in splits:
+                _fraction(splits[key], f"splits.{key}", source)
+        if splits.get("val", 0) + splits.get("test", 0) > 1:
+            raise ConfigError(f"{source}: splits val + test must be at most 1")
+        if "seed" in splits:
+            _integer(splits["seed"], "splits.seed", source, 0)
+        prompts = data.get("prompts")
+        ident = _name(_require(data, "id", source), "id", source)
         return cls(
-            id=_require(data, "id", source),
-            name=data.get("name", data["id"]),
+            id=ident,
+            name=_text(data.get("name", ident), "name", source),
             modality=modality,
             classes=classes,
-            format=_require(data, "format", source),
-            options=dict(data.get("options") or {}),
-            ordinal=bool(data.get("ordinal", False)),
-            prompts=data.get("prompts"),
-            description=data.get("description", ""),
-            citation=data.get("citation", ""),
-            license=data.get("license", ""),
+            format=_name(_require(data, "format", source), "format", source),
+            options=dict(_mapping(data.get("options"), "options", source)),
+            ordinal=_flag(data.get("ordinal", False), "ordinal", source),
+            prompts=None if prompts is None else _text(prompts, "prompts", source),
+            description=_text(data.get("description", ""), "description", source),
+            citation=_text(data.get("citation", ""), "citation", source),
+            license=_text(data.get("license", ""), "license", source),
             labels=labels,
             splits=splits,
-            download=data.get("download", ""),
-            seen_by=tuple(data.get("seen_by") or ()),
-            aliases=tuple(data.get("aliases") or ()),
+            download=_text(data.get("download", ""), "download", source),
+            seen_by=_names(data.get("seen_by"), "seen_by", source, empty=True),
+            aliases=_names(data.get("aliases"), "aliases", source, empty=True),
             source=source,
         )
 
@@ -143,27 +218,32 @@ class TaskDefinition:
             raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
         _check_keys(data, {f for f in cls.__dataclass_fields__ if f != "source"}, source)
         protocol = _require(data, "protocol", source)
-        if protocol not in PROTOCOLS:
+        if not isinstance(protocol, str) or protocol not in PROTOCOLS:
             raise ConfigError(f"{source}: protocol {protocol!r} is not one of {list(PROTOCOLS)}")
-        shots = tuple(int(k) for k in data.get("shots", ()))
+        shots = data.get("shots", ())
+        if not isinstance(shots, list | tuple):
+            raise ConfigError(f"{source}: key 'shots' must be a list of integers >= 1")
+        shots = tuple(_integer(k, "shots", source, 1) for k in shots)
         if protocol == "few_shot" and not shots:
             raise ConfigError(f"{source}: a few_shot task needs 'shots'")
         resplit = data.get("resplit")
         if resplit is not None:
+            resplit = _mapping(resplit, "resplit", source)
             _check_keys(resplit, {"test", "train", "folds"}, f"{source} (resplit)")
-            test = float(resplit.get("test", 0.2))
-            train = float(resplit.get("train", 1.0 - test))
+            test = _fraction(resplit.get("test", 0.2), "resplit.test", source)
+            train = _fraction(resplit.get("train", 1.0 - test), "resplit.train", source)
             if not (0 < test <= 1 and 0 <= train <= 1 - test + 1e-9):
                 raise ConfigError(f"{source}: resplit needs 0 < test <= 1 and train <= 1 - test")
-            resplit = {"test": test, "train": train, "folds": int(resplit.get("folds", 1))}
+            folds = _integer(resplit.get("folds", 1), "resplit.folds", source, 1)
+            resplit = {"test": test, "train": train, "folds": folds}
         return cls(
-            name=_require(data, "name", source),
+            name=_name(_require(data, "name", source), "name", source),
             protocol=protocol,
-            adapters=tuple(_require(data, "adapters", source)),
+            adapters=_names(_require(data, "adapters", source), "adapters", source),
             shots=shots,
-            seeds=int(data.get("seeds", 1)),
-            bootstrap=int(data.get("bootstrap", 1000)),
-            description=data.get("description", ""),
+            seeds=_integer(data.get("seeds", 1), "seeds", source, 1),
+            bootstrap=_integer(data.get("bootstrap", 1000), "bootstrap", source, 1),
+            description=_text(data.get("description", ""), "description", source),
             resplit=resplit,
             source=source,
         )
@@ -187,28 +267,42 @@ class SuiteDefinition:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
         _check_keys(data, {"name", "datasets", "tasks", "description", "paper"}, source)
-        paper = data.get("paper", False)
-        if not isinstance(paper, bool):
-            raise ConfigError(f"{source}: key 'paper' must be true or false, got {paper!r}")
         return cls(
-            name=_require(data, "name", source),
-            datasets=tuple(_require(data, "datasets", source)),
-            tasks=tuple(_require(data, "tasks", source)),
-            description=data.get("description", ""),
+            name=_name(_require(data, "name", source), "name", source),
+            datasets=_names(_require(data, "datasets", source), "datasets", source),
+            tasks=_names(_require(data, "tasks", source), "tasks", source),
+            description=_text(data.get("description", ""), "description", source),
             source=source,
-            paper=paper,
+            paper=_flag(data.get("paper", False), "paper", source),
         )
 
 
 def read_yaml(path: Path) -> Any:
+    """A YAML file's content; any problem reading or parsing it is one :class:`ConfigError`
+    naming the file (and the line, where YAML knows it)."""
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # PyYAML's constructors raise these for values it recognised but cannot build,
+        # e.g. the timestamp 2001-13-01 (month 13), or for absurdly deep nesting
+        raise ConfigError(
+            f"{path}: invalid YAML ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
 
 
 def load_definitions(folder: Path, kind: type) -> list:

@@ -4,6 +4,11 @@ Every hook takes a ``register`` callable and the plugin calls it once per thing 
 ``register(name, obj, **metadata)``. The host owns naming, collision checks and error
 reporting, so a plugin never touches a global registry. Built-in features use these same
 hooks through the same ``fundbench`` entry-point group as third-party plugins.
+
+Keep the module an entry point names light: ``obj`` may be a ``"package.module:attr"``
+string (or ``fundbench.registry.lazy(loader)``), imported only when the object is first
+used, so ``fundbench list`` and ``fundbench --help`` never import torch or a model's
+libraries.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ Register = Callable[..., None]
 @hookspec
 def fundbench_register_models(register: Register) -> None:
     """Add models: ``register(name, factory, **metadata)``; ``factory(**options)`` returns a
-    :class:`fundbench.Model`. Useful metadata: ``description``, ``modalities``, ``paper``."""
+    :class:`fundbench.Model`. ``factory`` may be ``"package.module:Class"`` (imported when the
+    model is built). Useful metadata: ``description``, ``modalities``, ``paper``,
+    ``needs_weights``."""
 
 
 @hookspec

@@ -3,7 +3,9 @@
 pluggy aborts on the first plugin that fails to import, and a hook call stops at the first
 implementation that raises. The host therefore loads and calls each plugin on its own: a
 broken plugin is reported with its distribution name and skipped, and the rest keep working.
-Registrations of a plugin whose hook raised midway are discarded as a whole.
+Registrations of a plugin whose hook raised midway are discarded as a whole. A factory
+registered as a ``"module:attr"`` string is imported only when it is first used (see
+:mod:`fundbench.registry`); if that import fails, the error names the distribution too.
 
 Environment variables:
     FUNDBENCH_DISABLED_PLUGINS  comma-separated entry-point names to skip.
@@ -24,7 +26,7 @@ import pluggy
 from fundbench import hookspecs
 from fundbench.definitions import DatasetDefinition, SuiteDefinition, TaskDefinition
 from fundbench.errors import ConfigError
-from fundbench.registry import Entry, PluginInfo, Registry
+from fundbench.registry import Entry, Lazy, PluginInfo, Registry
 
 ENTRY_POINT_GROUP = "fundbench"
 
@@ -122,7 +124,13 @@ def _stager(registry: Registry, info: PluginInfo, staged: list) -> Callable[...,
             raise ValueError(f"{registry.kind} names must be non-empty strings, got {name!r}")
         if registry.coerce is not None:
             obj = registry.coerce(obj, f"{registry.kind} {name!r} of plugin {info.name!r}")
-        staged.append((registry, Entry(name=name, obj=obj, plugin=info, metadata=meta)))
+        elif isinstance(obj, str):  # "module:attr": imported on first use, not now
+            try:
+                obj = Lazy.reference(obj)
+            except ValueError as exc:
+                raise ValueError(f"{registry.kind} {name!r}: {exc}") from None
+        entry = Entry(name=name, obj=obj, plugin=info, metadata=meta, kind=registry.kind)
+        staged.append((registry, entry))
 
     return register
 

@@ -13,9 +13,8 @@ from typing import ClassVar, Literal
 import torch
 from PIL import Image
 
+from fundbench.modalities import MODALITIES
 from fundbench.preprocess import PreprocessConfig
-
-MODALITIES = frozenset({"cfp", "ffa", "oct"})
 
 
 class Model(abc.ABC):

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import timm
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fake_flair import random_state, with_position_ids, write_bert_folder  # noqa: E402
-from fundbench_keepfit_v2.v1 import KeepFITV1Network  # noqa: E402
+from fundbench_flair.testing import random_state, with_position_ids, write_bert_folder
+from fundbench_keepfit_v2.v1 import KeepFITV1Network
 
 
 def mae_decoder(width: int = 512, depth: int = 8, patch_pixels: int = 768) -> dict:

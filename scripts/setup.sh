@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install fundbench (editable) with its test extras. Idempotent: a second
-# call only checks that everything is there. Used by the README quick start and by .ci/run.
+# Create .venv and install fundbench (editable) with its test extras and every built-in model
+# plugin under plugins/ (each its own distribution, editable). Idempotent: a second call
+# only checks that everything is there. Used by the README quick start and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -10,8 +11,23 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c requirements/ci-constraints.txt \
   torch torchvision
-.venv/bin/python -m pip install --quiet -c requirements/ci-constraints.txt -e '.[test,lint]'
+# The core and every plugin folder in one pip call, so each plugin's `fundbench` (and
+# sibling plugin) requirement resolves to these folders, never to an index.
+plugins=()
+for dir in plugins/*/; do
+  if [ -f "${dir}pyproject.toml" ]; then plugins+=(-e "${dir%/}"); fi
+done
+.venv/bin/python -m pip install --quiet -c requirements/ci-constraints.txt -e '.[test,lint]' \
+  "${plugins[@]}"
 .venv/bin/python -c "import torch, torchvision, timm, fundbench; print('fundbench env ready: torch', torch.__version__, 'torchvision', torchvision.__version__)"
+.venv/bin/python -c "
+from fundbench.host import get_host
+host = get_host()
+for problem in host.problems:
+    print('setup.sh: warning:', problem)
+dists = sorted({e.plugin.distribution for e in host.models})
+print('models:', len(host.models), 'from', ', '.join(dists))
+"
 
 # The browser test (tests/test_report_browser.py) and `fundbench screenshot` drive Debian's
 # chromium through chromedriver; nothing ever downloads a browser.

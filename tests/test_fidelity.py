@@ -44,7 +44,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from fake_flair import write_bert_folder
+from fundbench_flair.testing import write_bert_folder
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
@@ -345,16 +345,16 @@ def bert_folder(tmp_path_factory) -> Path:
 def factories() -> dict:
     """The registered factories, through each plugin's own hook."""
     import fundbench_flair.plugin
-    import fundbench_keepfit_v2.v1
-    import fundbench_random_init
+    import fundbench_keepfit_v2.plugin_v1
+    import fundbench_random_init.plugin
     import fundbench_retfound.plugin
 
     host = Host()
     for name, module in (
         ("flair", fundbench_flair.plugin),
-        ("keepfit_v1", fundbench_keepfit_v2.v1),
+        ("keepfit_v1", fundbench_keepfit_v2.plugin_v1),
         ("retfound", fundbench_retfound.plugin),
-        ("random_init", fundbench_random_init),
+        ("random_init", fundbench_random_init.plugin),
     ):
         assert host.add_plugin(module, PluginInfo(name, "fundbench", "test")), host.problems
     return {e.name: e.obj for e in host.models}
@@ -557,7 +557,7 @@ def test_zero_shot_uses_the_raw_mean_of_unit_prompt_vectors(name, build):
 def test_draft_decoding_is_opt_in(build, factories, images):
     from fundbench_flair.family import canvas_preprocess
     from fundbench_keepfit_v2.data import preprocess_config as keepfit_v2_preprocess
-    from fundbench_retfound.plugin import retfound_preprocess
+    from fundbench_retfound.model import retfound_preprocess
 
     from fundbench.datasets import decode_image
     from fundbench.features import model_cache_key

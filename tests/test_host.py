@@ -19,13 +19,30 @@ def _plugin(**hooks) -> types.ModuleType:
     return module
 
 
+#: every built-in model -> the plugin distribution (plugins/<distribution>/) that registers it
+BUILTIN_MODELS = {
+    "random_init": "fundbench-random-init",
+    "flair": "fundbench-flair",
+    "keepfit_v1": "fundbench-keepfit-v2",
+    "keepfit_v2": "fundbench-keepfit-v2",
+    "retfound_cfp": "fundbench-retfound",
+    "retfound_oct": "fundbench-retfound",
+    "retfound_dinov2": "fundbench-retfound",
+    "timm": "fundbench-backbones",
+    "hf": "fundbench-backbones",
+}
+
+
 def test_builtin_plugins_register_through_entry_points():
     host = get_host()
     names = {(p.name, p.distribution) for p in host.plugins}
-    assert ("random_init", "fundbench") in names
+    assert ("random_init", "fundbench-random-init") in names
     assert ("definitions", "fundbench") in names
-    assert "random_init" in host.models
-    assert host.models.get("random_init").plugin.distribution == "fundbench"
+    assert {e.name: e.plugin.distribution for e in host.models} == BUILTIN_MODELS
+    # the core's own built-ins stay in the core distribution
+    assert {p.distribution for p in host.plugins if p.name in {"definitions", "formats"}} == {
+        "fundbench"
+    }
     assert {"zero_shot", "few_shot", "linear_probe"} <= set(host.tasks.names())
     assert "synthfundus" in host.suites
 
@@ -93,3 +110,55 @@ def test_disabled_plugins_env(monkeypatch):
     host = Host().load_entry_points()
     assert "random_init" not in host.models
     assert "synthfundus" in host.suites
+
+
+# -- lazy registration ----------------------------------------------------------------------
+
+
+def test_builtin_models_register_lazily_and_resolve_on_first_use():
+    host = Host().load_entry_points()
+    entries = {e.name: e for e in host.models}
+    assert not any(e.loaded for e in entries.values())  # nothing imported by registering
+    assert entries["flair"].target == "fundbench_flair.model:FLAIRModel"
+    from fundbench_random_init.model import RandomInitModel
+
+    assert entries["random_init"].obj is RandomInitModel and entries["random_init"].loaded
+    member = host.models.get("timm:resnet18")
+    assert not member.loaded and member.metadata["family"] is False
+    assert member.obj.func.__name__ == "TimmModel" and member.obj.args == ("resnet18",)
+
+
+def test_lazy_factory_that_fails_to_import_is_a_plugin_error_naming_the_distribution():
+    from fundbench.errors import PluginError
+    from fundbench.registry import lazy
+    from fundbench.runner import RunConfig, build_model
+
+    def models(register):
+        register("ghost", "fundbench_no_such_module.model:Ghost", description="never imports")
+        register("broken", lazy(lambda: 1 / 0, "acme.broken:Model"))
+
+    host = Host()
+    assert host.add_plugin(
+        _plugin(fundbench_register_models=models), PluginInfo("g", "ghost-dist", "2.0")
+    )
+    assert host.models.get("ghost").metadata["description"] == "never imports"  # listed
+    with pytest.raises(PluginError) as info:
+        build_model(host.models.get("ghost"), RunConfig(models=["ghost"]), options={})
+    message = str(info.value)
+    assert "\n" not in message and "ghost-dist 2.0" in message
+    assert "fundbench_no_such_module.model:Ghost" in message and "ModuleNotFoundError" in message
+    with pytest.raises(PluginError, match=r"acme\.broken:Model \(ZeroDivisionError"):
+        host.models.get("broken").load()
+
+
+def test_malformed_reference_is_reported_at_registration():
+    def models(register):
+        register("fine", object)
+        register("typo", "no colon here")
+
+    host = Host()
+    assert not host.add_plugin(
+        _plugin(fundbench_register_models=models), PluginInfo("t", "t-dist", "1")
+    )
+    assert "fine" not in host.models  # a plugin whose hook raised is discarded as a whole
+    assert "t-dist" in host.problems[0] and "model 'typo'" in host.problems[0]

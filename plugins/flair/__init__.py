@@ -1,1 +1,0 @@
-"""fundbench plugin package."""

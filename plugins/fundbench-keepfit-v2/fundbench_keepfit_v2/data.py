@@ -1,0 +1,384 @@
+"""Stage-2 training data: categorical images turned into text, and elite image-text pairs.
+
+* **Categorical data** (V1's "flair" batch): every TRAIN-split image of a labelled dataset.
+  Its text is drawn per step from the dataset's expert prompt set, one template x one
+  description of its class (V1's ProduceDescription + AugmentDescription, with our own
+  prompt files in ``tasks/prompts``). Its category (dataset, class) drives the soft
+  contrastive targets.
+* **Elite pairs** (MM-Retinal): images with a free-text caption. For the embedded suite these
+  are the synthetic images' captions from the TRAIN split. A folder in the MM-Retinal layout
+  (see :func:`read_folder`) adds its own pairs.
+
+Batches are a pure function of (seed, step): the data order is a stream of seeded
+permutations, and the prompt draws and augmentations are seeded by the step. A resumed or
+distributed run therefore sees exactly the same global batches; each rank takes its slice.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from fundbench.errors import DataError
+from fundbench.preprocess import PreprocessConfig
+from fundbench_keepfit_v2.config import Config
+from fundbench_keepfit_v2.masking import mask_tokens
+from fundbench_keepfit_v2.text import tokenize
+
+#: Prompt templates for categorical labels from a folder without an expert prompt set (ours).
+FALLBACK_TEMPLATES = {
+    "cfp": ("a colour fundus photograph showing {}.",),
+    "ffa": ("a fluorescein angiogram showing {}.",),
+    "oct": ("an optical coherence tomography scan showing {}.",),
+}
+IMAGE_COLUMNS = ("image", "path", "Image_ID", "image_path")
+CAPTION_COLUMNS = ("caption", "en_caption")
+LABEL_COLUMNS = ("label", "categories", "category")
+
+# Purposes mixed into every seed, so streams never share random numbers.
+_CAT_ORDER, _ELITE_ORDER, _PROMPTS, _AUGMENT, _TEXT_ORDER, _MASK = range(6)
+
+
+def preprocess_config(resolution: int) -> PreprocessConfig:
+    """V1/FLAIR preprocessing: keep aspect, zero-pad right/bottom, [0, 1], no mean/std."""
+    return PreprocessConfig(resolution=resolution, mode="pad", pad_anchor="top_left",
+                            interpolation="bilinear", mean=None, std=None)
+
+
+@dataclass
+class TrainingData:
+    """Everything stage 2 draws from, plus the texts stage 1 adds to the corpus."""
+
+    paths: list[str] = field(default_factory=list)  # unique image paths
+    categories: list[tuple[str, str]] = field(default_factory=list)  # (source, class)
+    category_prompts: list[list[str]] = field(default_factory=list)  # texts per category
+    cat_image: list[int] = field(default_factory=list)  # index into paths
+    cat_label: list[int] = field(default_factory=list)  # index into categories
+    cat_source: list[int] = field(default_factory=list)  # index into sources
+    elite_image: list[int] = field(default_factory=list)
+    elite_caption: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # dataset ids / folder names
+    texts: list[str] = field(default_factory=list)  # extra corpus text (captions, prompts)
+
+    def _image_index(self, path: str, index: dict[str, int]) -> int:
+        if path not in index:
+            index[path] = len(self.paths)
+            self.paths.append(path)
+        return index[path]
+
+    def add_categorical(self, source: str, paths, labels, prompts: dict[str, list[str]],
+                        index: dict[str, int]) -> None:
+        cat_of = {}
+        for label in sorted(set(labels)):
+            cat_of[label] = len(self.categories)
+            self.categories.append((source, label))
+            self.category_prompts.append(list(prompts[label]))
+            self.texts += prompts[label]
+        source_index = len(self.sources)  # the caller appends the source after adding
+        for path, label in zip(paths, labels, strict=True):
+            self.cat_image.append(self._image_index(path, index))
+            self.cat_label.append(cat_of[label])
+            self.cat_source.append(source_index)
+
+    def add_elite(self, paths, captions, index: dict[str, int]) -> None:
+        for path, caption in zip(paths, captions, strict=True):
+            self.elite_image.append(self._image_index(path, index))
+            self.elite_caption.append(str(caption))
+        self.texts += [str(c) for c in captions]
+
+
+def load_training_data(config: Config, data_root: Path | None = None) -> TrainingData:
+    """Read every ``data.datasets`` entry: a registered dataset name or an MM-Retinal folder."""
+    data, index = TrainingData(), {}
+    for entry in config.data.datasets:
+        if Path(entry).expanduser().is_dir():
+            read_folder(Path(entry).expanduser(), data, index)
+        elif "/" in entry or "\\" in entry:
+            raise DataError(f"--data {entry}: folder not found (give a registered dataset name "
+                            "or an MM-Retinal style folder)")
+        else:
+            read_registered(entry, data, index, data_root)
+    if not data.cat_image and not data.elite_image:
+        raise DataError(f"data.datasets={list(config.data.datasets)}: no training images found")
+    return data
+
+
+def read_registered(name: str, data: TrainingData, index: dict, data_root: Path | None) -> None:
+    """A fundbench dataset: its TRAIN split only (never val/test)."""
+    from fundbench.datasets import load_dataset
+    from fundbench.prompts import load_prompts
+
+    dataset = load_dataset(name, data_root=data_root)
+    train = dataset.split("train")
+    if train.empty:
+        raise DataError(f"dataset {name!r} has no train split images to train on")
+    classes = dataset.classes
+    prompt_set = load_prompts(dataset.definition)
+    if prompt_set is not None:
+        prompts = {c: [t.format(d) for t in prompt_set.templates
+                       for d in prompt_set.descriptions[c]] for c in classes}
+    else:
+        prompts = _fallback_prompts(dataset.definition.modality, classes)
+    labels = [classes[i] for i in train["label"]]
+    data.add_categorical(dataset.id, train["path"].tolist(), labels, prompts, index)
+    if "caption" in train and train["caption"].astype(str).str.strip().ne("").all():
+        data.add_elite(train["path"].tolist(), train["caption"].tolist(), index)
+    data.sources.append(dataset.id)
+
+
+def _fallback_prompts(modality: str, labels) -> dict[str, list[str]]:
+    templates = FALLBACK_TEMPLATES.get(modality, FALLBACK_TEMPLATES["cfp"])
+    return {lab: [t.format(str(lab).replace("_", " ")) for t in templates] for lab in labels}
+
+
+def read_folder(folder: Path, data: TrainingData, index: dict) -> None:
+    """An MM-Retinal style folder.
+
+    Every ``*.csv`` directly in ``folder`` is read. Columns: the image path (``image``,
+    ``path`` or ``Image_ID``; relative to the CSV's folder), a caption (``caption`` or
+    ``en_caption``: an elite pair) and/or a label (``label`` / ``categories``: a categorical
+    sample), optional ``modality`` (cfp/ffa/oct; otherwise guessed from the file name, as in
+    ``MM-Retinal_FFA.csv``) and ``split`` (only ``train`` rows are used). ``.txt`` files
+    anywhere below the folder (e.g. MM-Retinal-Text) join the stage-1 corpus.
+    """
+    from fundbench_keepfit_v2.corpus import folder_sentences
+
+    csvs = sorted(folder.glob("*.csv"))
+    if not csvs:
+        raise DataError(f"{folder}: no *.csv files (expected MM-Retinal style image,caption "
+                        "tables)")
+    for csv in csvs:
+        try:
+            table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise DataError(f"{csv}: cannot parse CSV ({exc})") from None
+        image_col = next((c for c in IMAGE_COLUMNS if c in table.columns), None)
+        if image_col is None:
+            raise DataError(f"{csv}: no image column (one of {list(IMAGE_COLUMNS)}); "
+                            f"found {list(table.columns)}")
+        if "split" in table.columns:
+            table = table[table["split"] == "train"]
+        paths = []
+        for rel in table[image_col]:
+            path = (csv.parent / rel).resolve()
+            if not path.is_file():
+                raise DataError(f"{csv}: image {rel!r} not found at {path}")
+            paths.append(str(path))
+        modality = _guess_modality(csv.stem)
+        caption_col = next((c for c in CAPTION_COLUMNS if c in table.columns), None)
+        label_col = next((c for c in LABEL_COLUMNS if c in table.columns), None)
+        if caption_col is None and label_col is None:
+            raise DataError(f"{csv}: needs a caption column ({list(CAPTION_COLUMNS)}) or a "
+                            f"label column ({list(LABEL_COLUMNS)})")
+        source = f"{folder.name}/{csv.stem}"
+        if label_col is not None:
+            labels = table[label_col].tolist()
+            mods = table["modality"].tolist() if "modality" in table else [modality] * len(labels)
+            prompts = {}
+            for lab, mod in zip(labels, mods, strict=True):
+                prompts.setdefault(lab, _fallback_prompts(mod.lower(), [lab])[lab])
+            data.add_categorical(source, paths, labels, prompts, index)
+        if caption_col is not None:
+            keep = [i for i, c in enumerate(table[caption_col]) if str(c).strip()]
+            data.add_elite([paths[i] for i in keep],
+                           [table[caption_col].iloc[i] for i in keep], index)
+    if any(folder.rglob("*.txt")):
+        data.texts += folder_sentences(folder)
+    data.sources.append(folder.name)
+
+
+def _guess_modality(name: str) -> str:
+    low = name.lower()
+    for modality in ("ffa", "oct", "cfp"):
+        if modality in low:
+            return modality
+    return "cfp"
+
+
+# -- images -----------------------------------------------------------------------------------
+
+class ImageSource:
+    """Decoded training images as uint8 [3, R, R] tensors (exactly the model's preprocessing
+    before the /255), either preloaded once or decoded on demand by a thread pool."""
+
+    def __init__(self, paths: list[str], resolution: int, *, preload: bool, workers: int,
+                 progress=None) -> None:
+        self.paths = paths
+        self.pre = preprocess_config(resolution)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        self.cache: dict[int, torch.Tensor] | None = None
+        if preload:
+            self.cache = {}
+            futures = [self.pool.submit(self._decode, i) for i in range(len(paths))]
+            for i, fut in enumerate(futures):
+                self.cache[i] = fut.result()
+                if progress is not None:
+                    progress(i + 1, len(paths))
+
+    def _decode(self, i: int) -> torch.Tensor:
+        tensor = self.pre.load(self.paths[i])  # exact decoding, as at evaluation
+        return (tensor * 255.0).round().to(torch.uint8)
+
+    def get(self, indices) -> torch.Tensor:
+        if self.cache is not None:
+            return torch.stack([self.cache[int(i)] for i in indices])
+        return torch.stack(list(self.pool.map(self._decode, [int(i) for i in indices])))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+
+
+# -- seeded order and batches -----------------------------------------------------------------
+
+def stream(n: int, seed: int, purpose: int, start: int, count: int) -> np.ndarray:
+    """Items ``start .. start+count`` of an endless stream of seeded permutations of ``n``."""
+    out = []
+    pos = start
+    while len(out) < count:
+        epoch, offset = divmod(pos, n)
+        perm = np.random.default_rng([seed, purpose, epoch]).permutation(n)
+        take = perm[offset:offset + count - len(out)]
+        out.extend(take.tolist())
+        pos += len(take)
+    return np.asarray(out, dtype=np.int64)
+
+
+def balanced_stream(groups: list[np.ndarray], seed: int, purpose: int, start: int,
+                    count: int) -> np.ndarray:
+    """Like :func:`stream`, but every group (dataset) contributes equally: an epoch holds each
+    group's items resampled to the largest group's size (seeded permutations, repeated as
+    needed), shuffled together."""
+    size = max(len(g) for g in groups)
+    epoch_len = size * len(groups)
+    out: list[int] = []
+    pos = start
+    while len(out) < count:
+        epoch, offset = divmod(pos, epoch_len)
+        parts = []
+        for gi, group in enumerate(groups):
+            reps = -(-size // len(group))
+            order = np.concatenate([np.random.default_rng([seed, purpose, epoch, gi, r])
+                                    .permutation(len(group)) for r in range(reps)])[:size]
+            parts.append(group[order])
+        items = np.concatenate(parts)
+        items = items[np.random.default_rng([seed, purpose, epoch, len(groups)])
+                      .permutation(len(items))]
+        take = items[offset:offset + count - len(out)]
+        out.extend(take.tolist())
+        pos += len(take)
+    return np.asarray(out, dtype=np.int64)
+
+
+def rank_slice(total: int, rank: int, world: int) -> slice:
+    if total % world:
+        raise DataError(f"global batch {total} is not divisible by the {world} processes; "
+                        "choose a batch size that is a multiple of WORLD_SIZE")
+    per = total // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+def augment_params(step: int, seed: int, n: int) -> torch.Tensor:
+    """Per-image [scale, dx, dy, brightness, contrast] for one global batch."""
+    g = torch.Generator().manual_seed(int(np.random.default_rng([seed, _AUGMENT, step])
+                                          .integers(2**62)))
+    u = torch.rand(n, 5, generator=g)
+    scale = 0.9 + 0.2 * u[:, 0]
+    shift = (u[:, 1:3] - 0.5) * 0.1
+    bright = 0.9 + 0.2 * u[:, 3]
+    contrast = 0.9 + 0.2 * u[:, 4]
+    return torch.cat([scale[:, None], shift, bright[:, None], contrast[:, None]], dim=1)
+
+
+def augment(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Zoom/shift (zero fill, like the padding) and brightness/contrast jitter; no flips."""
+    n = images.shape[0]
+    scale, dx, dy = params[:, 0], params[:, 1], params[:, 2]
+    theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = 1.0 / scale
+    theta[:, 1, 1] = 1.0 / scale
+    theta[:, 0, 2] = dx
+    theta[:, 1, 2] = dy
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * params[:, 4].view(-1, 1, 1, 1) + mean
+    return (out * params[:, 3].view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+
+
+class BatchMaker:
+    """Builds the local slice of global batch ``step`` for stage 1 and stage 2."""
+
+    def __init__(self, config: Config, data: TrainingData | None, images: ImageSource | None,
+                 tokenizer, corpus_train: list[str], rank: int = 0, world: int = 1) -> None:
+        self.config = config
+        self.data = data
+        self.images = images
+        self.tokenizer = tokenizer
+        self.corpus = corpus_train
+        self.rank, self.world = rank, world
+        self.seed = config.train.seed
+        self.groups = None
+        if data is not None and config.data.balance == "dataset" and data.cat_image:
+            source = np.asarray(data.cat_source)
+            self.groups = [np.flatnonzero(source == s) for s in np.unique(source)]
+
+    # stage 1 -------------------------------------------------------------------------------
+    def stage1(self, step: int) -> dict:
+        b = self.config.stage1.batch_size
+        idx = stream(len(self.corpus), self.seed, _TEXT_ORDER, step * b, b)
+        enc = tokenize(self.tokenizer, [self.corpus[i] for i in idx], self.config.text.max_length)
+        gen = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, _MASK, step])
+                                                .integers(2**62)))
+        ids, labels = mask_tokens(enc, self.tokenizer, self.config.stage1.mask_prob, gen,
+                                  whole_word=self.config.stage1.whole_word)
+        part = rank_slice(b, self.rank, self.world)
+        return {"input_ids": ids[part], "attention_mask": enc["attention_mask"][part],
+                "labels": labels[part]}
+
+    # stage 2 -------------------------------------------------------------------------------
+    def stage2(self, step: int) -> dict:
+        c, d = self.config.stage2, self.data
+        rng = np.random.default_rng([self.seed, _PROMPTS, step])
+        batch: dict = {}
+        n_cat = len(d.cat_image)
+        if n_cat:
+            if self.groups is not None:
+                idx = balanced_stream(self.groups, self.seed, _CAT_ORDER, step * c.batch_size,
+                                      c.batch_size)
+            else:
+                idx = stream(n_cat, self.seed, _CAT_ORDER, step * c.batch_size, c.batch_size)
+            labels = [d.cat_label[i] for i in idx]
+            texts = []
+            for lab in labels:
+                options = d.category_prompts[lab]
+                texts.append(options[int(rng.integers(len(options)))])
+            enc = tokenize(self.tokenizer, texts, self.config.text.max_length)
+            part = rank_slice(c.batch_size, self.rank, self.world)
+            batch.update(
+                cat_images=self.images.get([d.cat_image[i] for i in idx[part]]),
+                cat_ids=enc["input_ids"][part], cat_mask=enc["attention_mask"][part],
+                cat_labels=torch.tensor(labels, dtype=torch.long),  # global: for targets
+                cat_aug=augment_params(step, self.seed, c.batch_size)[part])
+        if d.elite_image and c.elite_batch_size:
+            be = c.elite_batch_size
+            idx = stream(len(d.elite_image), self.seed, _ELITE_ORDER, step * be, be)
+            captions = [d.elite_caption[i] for i in idx]
+            enc = tokenize(self.tokenizer, captions, self.config.text.max_length)
+            dec = tokenize(self.tokenizer, captions, self.config.model.caption_max_length)
+            # Identical captions are positives of each other (soft targets over the text).
+            first = {}
+            caption_ids = torch.tensor([first.setdefault(t, len(first)) for t in captions])
+            part = rank_slice(be, self.rank, self.world)
+            batch.update(
+                elite_images=self.images.get([d.elite_image[i] for i in idx[part]]),
+                elite_ids=enc["input_ids"][part], elite_mask=enc["attention_mask"][part],
+                elite_labels=caption_ids,
+                caption_ids=dec["input_ids"][part], caption_mask=dec["attention_mask"][part],
+                elite_aug=augment_params(step, self.seed + 1, be)[part])
+        return batch

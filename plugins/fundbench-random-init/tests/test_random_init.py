@@ -1,0 +1,32 @@
+"""``random_init``: registered lazily through this distribution's entry point, built with a
+fixed seed (same weights, same digest), no text tower."""
+
+from __future__ import annotations
+
+import torch
+from fundbench_random_init.model import RandomInitModel
+
+from fundbench.host import Host
+
+
+def test_registered_by_this_distribution_without_importing_the_model():
+    host = Host().load_entry_points()
+    entry = host.models.get("random_init")
+    assert entry.plugin.distribution == "fundbench-random-init"
+    assert entry.target == "fundbench_random_init.model:RandomInitModel"
+    assert entry.metadata["needs_weights"] is False
+    assert entry.obj is RandomInitModel
+
+
+def test_seeded_weights_are_reproducible_and_the_embedding_has_the_feature_width():
+    a = RandomInitModel(resolution=64)
+    b = RandomInitModel(resolution=64)
+    other = RandomInitModel(resolution=64, seed=1)
+    assert a.weights_digest == b.weights_digest != other.weights_digest
+    assert a.name == "random_init[resnet18,seed=0]" and a.embed_dim == 512
+    assert not a.has_text_tower and a.text_unavailable_reason == "model has no text tower"
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(a.encode_images(x), b.encode_images(x))
+        assert a.encode_images(x).shape == (2, 512)
+    assert a.preprocess_config.resolution == 64
