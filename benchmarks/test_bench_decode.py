@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fundbench.features import FeatureStore, model_cache_key
-from fundbench.model import Model
-from fundbench.preprocess import PreprocessConfig
+from fundbench.api.model import Model
+from fundbench.api.preprocess import PreprocessConfig
+from fundbench.features.store import FeatureStore, model_cache_key
 
 CONFIG = PreprocessConfig(resolution=224, mode="center_crop", crop_pct=0.875)
 

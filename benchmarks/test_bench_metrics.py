@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fundbench.metrics import bootstrap_ci, paired_bootstrap_pvalue
+from fundbench.eval.metrics import bootstrap_ci, paired_bootstrap_pvalue
 
 
 def _problem(n: int = 300, n_classes: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -16,9 +16,11 @@ import time
 
 import torch
 
-from fundbench.datasets import load_dataset, open_image
-from fundbench.host import get_host
-from fundbench.runner import RunConfig, build_model, run
+from fundbench import RunConfig, run
+from fundbench.api.images import open_image
+from fundbench.data.datasets import load_dataset
+from fundbench.host.loading import get_host
+from fundbench.models.build import build_model
 
 MODEL = os.environ.get("FUNDBENCH_BENCH_MODEL", "random_init")
 
@@ -42,7 +44,7 @@ def test_bench_cold_run_overhead_and_warm_rerun(benchmark, tmp_path, monkeypatch
     config = RunConfig(models=[MODEL], out=tmp_path / "out", report=False)
     suite = host.suites.get("synthfundus").obj
     datasets = [load_dataset(n, host=host) for n in suite.datasets]
-    model = build_model(host.models.get(MODEL), config)
+    model = build_model(host.models.get(MODEL), {}, config.device)
 
     cold = benchmark.pedantic(run, args=(config, host), rounds=1, iterations=1)
     cold_s = cold.wall_s

@@ -1,38 +1,49 @@
 """fundbench: a benchmark harness for retinal foundation models.
 
-Public API for plugin authors and notebook users::
+The stable public API; tests, examples and notebooks use only these names::
 
-    from fundbench import Model, PreprocessConfig, hookimpl, load_results
+    import fundbench
+    model = fundbench.load_model("flair", "flair_resnet.pth")     # built as `fundbench run` does
+    table = fundbench.embed(model, "images/")                      # embeddings through the cache
+    summary = fundbench.run(models=["keepfit_v2"], out="results")  # resumable, with report.html
+    frame = fundbench.load_results("results")                      # tidy metric rows
+
+Plugin authors: ``from fundbench import Model, PreprocessConfig, hookimpl``.
 
 Importing ``fundbench`` is cheap: ``hookimpl``, ``hookspec`` and ``FundbenchError`` are
-imported at once, the names that need torch or pandas (``Model``, ``PreprocessConfig``,
-``load_results``, ``embed``, ``EmbeddingTable``) on first access (PEP 562). A plugin's
-entry-point module that imports only ``hookimpl`` therefore keeps ``fundbench list`` and
+imported at once, everything that needs torch or pandas on first access (PEP 562), so a
+plugin's entry-point module that imports only ``hookimpl`` keeps ``fundbench list`` and
 ``fundbench --help`` free of torch.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fundbench.errors import FundbenchError
-from fundbench.hookspecs import hookimpl, hookspec
+from fundbench.api.errors import FundbenchError
+from fundbench.api.hookspecs import hookimpl, hookspec
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first access
-    from fundbench.embed import EmbeddingTable, embed
-    from fundbench.model import Model
-    from fundbench.preprocess import PreprocessConfig
-    from fundbench.results import load_results
+    from fundbench.api.model import Model
+    from fundbench.api.preprocess import PreprocessConfig
+    from fundbench.features.embed import EmbeddingTable, embed
+    from fundbench.host.loading import Host
+    from fundbench.models.build import load_model
+    from fundbench.runs.engine import RunConfig, RunSummary
+    from fundbench.runs.records import load_results
 
 #: public name -> the module that defines it, imported on first access
 _LAZY = {
-    "EmbeddingTable": "fundbench.embed",
-    "Model": "fundbench.model",
-    "PreprocessConfig": "fundbench.preprocess",
-    "load_results": "fundbench.results",
+    "EmbeddingTable": "fundbench.features.embed",
+    "Model": "fundbench.api.model",
+    "PreprocessConfig": "fundbench.api.preprocess",
+    "RunConfig": "fundbench.runs.engine",
+    "RunSummary": "fundbench.runs.engine",
+    "embed": "fundbench.features.embed",
+    "load_model": "fundbench.models.build",
+    "load_results": "fundbench.runs.records",
 }
 
 __all__ = [
@@ -40,11 +51,51 @@ __all__ = [
     "FundbenchError",
     "Model",
     "PreprocessConfig",
+    "RunConfig",
+    "RunSummary",
     "embed",
     "hookimpl",
     "hookspec",
+    "load_model",
     "load_results",
+    "run",
 ]
+
+
+def run(
+    config: RunConfig | None = None, host: Host | None = None, **options: Any
+) -> RunSummary:
+    """Evaluate models on a suite or datasets, exactly as ``fundbench run`` does.
+
+    Pass a :class:`RunConfig`, or its fields as keywords (``models=["flair"],
+    weights={"flair": "f.pth"}, suite="synthfundus", out="results"``). Every option and file
+    is validated first; a rerun computes only the missing cells. Writes ``OUT/records/``,
+    ``OUT/run.json`` and, unless ``report=False``, ``OUT/report.html``. Raises a one-line
+    :class:`FundbenchError` on bad input, and ``RunInterrupted`` on Ctrl-C or SIGTERM.
+    """
+    from fundbench.host.loading import get_host
+    from fundbench.runs.engine import RunConfig
+    from fundbench.runs.engine import run as run_engine
+
+    if config is None:
+        if "out" in options:
+            options["out"] = Path(options["out"])
+        config = RunConfig(**options)
+    elif options:
+        raise TypeError("pass either a RunConfig or its fields as keywords, not both")
+    return run_engine(config, host or get_host(), after=_report_writer(config))
+
+
+def _report_writer(config: RunConfig):
+    if not config.report:
+        return None
+
+    def write(out: Path) -> None:
+        from fundbench.reporting.report import render_report
+
+        render_report(out, out / "report.html")
+
+    return write
 
 
 def __getattr__(name: str) -> Any:
@@ -57,27 +108,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, "embed"})
-
-
-class _Package(types.ModuleType):
-    """``fundbench.embed`` is the function :func:`fundbench.embed.embed`, also once the
-    submodule of the same name is imported (the import system then sets the package's
-    attribute to the module; the module stays in ``sys.modules["fundbench.embed"]``)."""
-
-    @property
-    def embed(self):
-        override = self.__dict__.get("_embed_override")
-        if override is not None:
-            return override
-        return importlib.import_module("fundbench.embed").embed
-
-    @embed.setter
-    def embed(self, value: Any) -> None:
-        # The import system binds the submodule here: the name stays the function. Anything
-        # else (a test's monkeypatch) replaces it.
-        if not isinstance(value, types.ModuleType):
-            self.__dict__["_embed_override"] = value
-
-
-sys.modules[__name__].__class__ = _Package
+    return sorted({*globals(), *_LAZY})

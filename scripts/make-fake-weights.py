@@ -24,20 +24,34 @@ from fundbench_keepfit_v2.v1 import KeepFITV1Network
 
 def mae_decoder(width: int = 512, depth: int = 8, patch_pixels: int = 768) -> dict:
     """RETFound's MAE decoder keys and shapes (retfound.md section 2.4), random values."""
-    shapes = {"mask_token": (1, 1, width), "decoder_pos_embed": (1, 197, width),
-              "decoder_embed.weight": (width, 1024), "decoder_embed.bias": (width,),
-              "decoder_norm.weight": (width,), "decoder_norm.bias": (width,),
-              "decoder_pred.weight": (patch_pixels, width), "decoder_pred.bias": (patch_pixels,)}
+    shapes = {
+        "mask_token": (1, 1, width),
+        "decoder_pos_embed": (1, 197, width),
+        "decoder_embed.weight": (width, 1024),
+        "decoder_embed.bias": (width,),
+        "decoder_norm.weight": (width,),
+        "decoder_norm.bias": (width,),
+        "decoder_pred.weight": (patch_pixels, width),
+        "decoder_pred.bias": (patch_pixels,),
+    }
     for i in range(depth):
         b = f"decoder_blocks.{i}."
-        shapes.update({
-            b + "norm1.weight": (width,), b + "norm1.bias": (width,),
-            b + "attn.qkv.weight": (3 * width, width), b + "attn.qkv.bias": (3 * width,),
-            b + "attn.proj.weight": (width, width), b + "attn.proj.bias": (width,),
-            b + "norm2.weight": (width,), b + "norm2.bias": (width,),
-            b + "mlp.fc1.weight": (4 * width, width), b + "mlp.fc1.bias": (4 * width,),
-            b + "mlp.fc2.weight": (width, 4 * width), b + "mlp.fc2.bias": (width,),
-        })
+        shapes.update(
+            {
+                b + "norm1.weight": (width,),
+                b + "norm1.bias": (width,),
+                b + "attn.qkv.weight": (3 * width, width),
+                b + "attn.qkv.bias": (3 * width,),
+                b + "attn.proj.weight": (width, width),
+                b + "attn.proj.bias": (width,),
+                b + "norm2.weight": (width,),
+                b + "norm2.bias": (width,),
+                b + "mlp.fc1.weight": (4 * width, width),
+                b + "mlp.fc1.bias": (4 * width,),
+                b + "mlp.fc2.weight": (width, 4 * width),
+                b + "mlp.fc2.bias": (width,),
+            }
+        )
     return {k: torch.randn(s) * 0.02 for k, s in shapes.items()}
 
 
@@ -48,10 +62,12 @@ def main(out: Path) -> None:
     torch.save(with_position_ids(random_state(KeepFITV1Network, seed=3)), out / "keepfit_v1.pth")
     torch.manual_seed(0)
     encoder = timm.create_model("vit_large_patch16_224", pretrained=False, num_classes=0)
-    torch.save({"model": {**encoder.state_dict(), **mae_decoder()}},
-               out / "RETFound_cfp_weights.pth")
-    dinov2 = timm.create_model("vit_large_patch14_dinov2", pretrained=False, num_classes=0,
-                               img_size=518)
+    torch.save(
+        {"model": {**encoder.state_dict(), **mae_decoder()}}, out / "RETFound_cfp_weights.pth"
+    )
+    dinov2 = timm.create_model(
+        "vit_large_patch14_dinov2", pretrained=False, num_classes=0, img_size=518
+    )
     teacher = {f"backbone.{k}": v for k, v in dinov2.state_dict().items()}
     teacher["backbone.mask_token"] = torch.zeros(1, 1024)
     teacher["dino_head.mlp.0.weight"] = torch.randn(16, 1024)

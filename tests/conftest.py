@@ -16,8 +16,8 @@ os.environ.setdefault("FUNDBENCH_CACHE", tempfile.mkdtemp(prefix="fundbench-test
 
 import toy_plugin  # noqa: E402  (tests/ is on sys.path via rootdir conftest)
 
-from fundbench.host import Host  # noqa: E402
-from fundbench.registry import PluginInfo  # noqa: E402
+from fundbench.host.loading import Host  # noqa: E402
+from fundbench.host.registry import PluginInfo  # noqa: E402
 
 TOY_CLASSES = ("red", "green", "blue")
 

@@ -9,8 +9,8 @@ import pkgutil
 import fake_layouts
 import pytest
 
-from fundbench.datasets import load_dataset
-from fundbench.host import Host
+from fundbench.data.datasets import load_dataset
+from fundbench.host.loading import Host
 
 CASES = {}
 for info in pkgutil.iter_modules(fake_layouts.__path__):
@@ -52,7 +52,7 @@ def test_every_public_dataset_definition_has_a_fake_layout(host):
 def test_malformed_label_is_one_line_naming_file_row_and_column(host, tmp_path):
     from fake_layouts.dr import build_aptos2019
 
-    from fundbench.errors import DataError
+    from fundbench.api.errors import DataError
 
     build_aptos2019(tmp_path)
     csv = tmp_path / "aptos2019" / "train.csv"
@@ -69,7 +69,7 @@ def test_malformed_label_is_one_line_naming_file_row_and_column(host, tmp_path):
 def test_missing_label_column_names_the_file_and_column(host, tmp_path):
     from fake_layouts.dr import build_idrid
 
-    from fundbench.errors import DataError
+    from fundbench.api.errors import DataError
 
     build_idrid(tmp_path)
     csv = next(tmp_path.rglob("a. IDRiD_Disease Grading_Training Labels.csv"))
@@ -81,19 +81,46 @@ def test_missing_label_column_names_the_file_and_column(host, tmp_path):
 def test_absent_dataset_is_a_missing_notice_and_the_run_goes_on(tmp_path, capsys):
     from fake_layouts.dr import build_aptos2019
 
-    from fundbench.cli import main
-    from fundbench.results import iter_records
+    from fundbench.cli.main import main
+    from fundbench.runs.records import iter_records
 
     build_aptos2019(tmp_path / "data")
     out = tmp_path / "out"
-    code = main(["run", "--model", "random_init", "--dataset", "aptos2019", "--dataset",
-                 "idrid", "--task", "linear_probe", "--data-root", str(tmp_path / "data"),
-                 "--bootstrap", "10", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--model",
+            "random_init",
+            "--dataset",
+            "aptos2019",
+            "--dataset",
+            "idrid",
+            "--task",
+            "linear_probe",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--bootstrap",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "missing: dataset 'idrid' not found at" in err and "ieee-dataport.org" in err
     datasets = {r["cell"]["dataset"] for r in iter_records(out)}
     assert datasets == {"aptos2019"}
-    code = main(["run", "--model", "random_init", "--dataset", "idrid", "--data-root",
-                 str(tmp_path / "data"), "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--model",
+            "random_init",
+            "--dataset",
+            "idrid",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and "none of the requested datasets" in capsys.readouterr().err

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from fake_layouts import dr, glaucoma
 
-from fundbench.datasets import build_dataset, load_dataset
-from fundbench.errors import DataError
-from fundbench.host import Host
+from fundbench.api.errors import DataError
+from fundbench.data.datasets import build_dataset, load_dataset
+from fundbench.host.loading import Host
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_papila_bad_diagnosis_names_file_row_and_column(host, tmp_path):
 
 
 def test_origa_can_use_sets_a_and_b_as_train_and_test(host, tmp_path):
-    from fundbench.builtin.adapters.glaucoma import read_origa
+    from fundbench.builtin.readers.glaucoma import read_origa
 
     glaucoma.build_origa(tmp_path)
     definition = host.datasets.get("origa").obj

@@ -20,10 +20,10 @@ from fake_layouts.multidisease import (
     build_rfmid,
 )
 
-from fundbench.builtin.adapters.multidisease import ODIR_IGNORE, ODIR_KEYWORDS, odir_eye_kind
-from fundbench.datasets import load_dataset, read_raw
-from fundbench.errors import DataError
-from fundbench.host import Host
+from fundbench.api.errors import DataError
+from fundbench.builtin.readers.multidisease import ODIR_IGNORE, ODIR_KEYWORDS, odir_eye_kind
+from fundbench.data.datasets import load_dataset, read_raw
+from fundbench.host.loading import Host
 
 
 @pytest.fixture(scope="module")

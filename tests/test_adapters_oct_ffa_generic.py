@@ -15,11 +15,11 @@ from fake_layouts.generic import DR_FOLDERS, retfound_copy
 from fake_layouts.imagetext import build_mm_retinal
 from fake_layouts.oct import KERMANY, build_kermany_oct2017, build_octdl, build_octid
 
-from fundbench.datasets import load_dataset, read_raw
-from fundbench.errors import DataError
-from fundbench.hookspecs import hookimpl
-from fundbench.host import Host
-from fundbench.registry import PluginInfo
+from fundbench.api.errors import DataError
+from fundbench.api.hookspecs import hookimpl
+from fundbench.data.datasets import load_dataset, read_raw
+from fundbench.host.loading import Host
+from fundbench.host.registry import PluginInfo
 
 
 @pytest.fixture(scope="module")

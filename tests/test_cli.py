@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fundbench.cli import main
+from fundbench.cli.main import main
 
 
 def _cli(capsys, *args: str) -> tuple[int, str]:

@@ -19,7 +19,7 @@ HEAVY = ("torch", "torchvision", "transformers", "timm", "tokenizers", "huggingf
 #: packages that ended up in sys.modules (on stderr, after the command's own output)
 PROBE = f"""
 import sys
-from fundbench.cli import main
+from fundbench.cli.main import main
 code = main(sys.argv[1:])
 heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
 print("HEAVY=" + ",".join(heavy), file=sys.stderr)
@@ -80,9 +80,11 @@ def test_import_fundbench_is_light_and_heavy_names_load_on_access():
         f"before = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))\n"
         "assert fundbench.hookimpl and fundbench.FundbenchError\n"
         "from fundbench import Model, PreprocessConfig, load_results, embed, EmbeddingTable\n"
-        "import fundbench.embed as submodule\n"  # the name stays the function
-        "assert callable(fundbench.embed) and fundbench.embed is embed is submodule\n"
-        "assert Model.__module__ == 'fundbench.model' and 'torch' in sys.modules\n"
+        "from fundbench import load_model, run, RunConfig\n"
+        "import fundbench.features.embed, fundbench.runs.engine\n"  # submodules shadow nothing
+        "assert callable(fundbench.embed) and fundbench.embed is embed\n"
+        "assert callable(fundbench.run) and callable(load_model) and RunConfig\n"
+        "assert Model.__module__ == 'fundbench.api.model' and 'torch' in sys.modules\n"
         "print(before)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -108,7 +110,7 @@ def test_list_models_json_names_every_builtin_model_with_its_distribution():
 
 
 def test_list_json_other_kinds_and_bad_format():
-    from fundbench.cli import main
+    from fundbench.cli.main import main
 
     proc = subprocess.run(
         [sys.executable, "-m", "fundbench.cli", "list", "suites", "--format", "json"],

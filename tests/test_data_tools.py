@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from fake_layouts.dr import build_aptos2019, build_idrid
 
-from fundbench.cli import main
-from fundbench.contamination import contamination_table, evidence
-from fundbench.datasets import load_dataset
-from fundbench.duplicates import ImageSet, find_duplicates, near_pairs
-from fundbench.host import Host
+from fundbench.cli.main import main
+from fundbench.data.contamination import contamination_table, evidence
+from fundbench.data.datasets import load_dataset
+from fundbench.data.duplicates import ImageSet, find_duplicates, near_pairs
+from fundbench.host.loading import Host
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +133,8 @@ def test_results_on_seen_pairs_carry_the_flag(toy_host, tmp_path, monkeypatch):
     synth_glaucoma flagged (name matching ignores case and punctuation), others not."""
     import toy_plugin
 
-    from fundbench import load_results
-    from fundbench.results import iter_records
-    from fundbench.runner import RunConfig, run
+    from fundbench import RunConfig, load_results, run
+    from fundbench.runs.records import iter_records
 
     monkeypatch.setattr(toy_plugin.ToyClip, "pretraining_datasets", ("Synth-Glaucoma",))
     out = tmp_path / "out"
@@ -167,7 +166,8 @@ def test_verify_works_on_a_generated_synthetic_dataset(tmp_path, capsys, host):
     dataset = load_dataset("synth_glaucoma", host=host)
     folder = Path(dataset.table["path"].iloc[0]).parents[1]  # <folder>/images/<file>
     manifest = tmp_path / "m.csv"
-    code = main(["data", "verify", "synth_glaucoma", "--root", str(folder), "--manifest",
-                 str(manifest)])
+    code = main(
+        ["data", "verify", "synth_glaucoma", "--root", str(folder), "--manifest", str(manifest)]
+    )
     assert code == 0, capsys.readouterr().out
     assert f"manifest_digest={dataset.manifest_digest}" in manifest.read_text().splitlines()[0]

@@ -14,7 +14,10 @@ SUITE = {"synth_dr", "synth_glaucoma", "synth_multidisease", "synth_ffa", "synth
 
 def _fundbench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fundbench.cli", *args], capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "fundbench.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 

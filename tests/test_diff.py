@@ -1,4 +1,4 @@
-"""`fundbench.diff`: exactly the cells that changed between two runs, with significance."""
+"""`fundbench.reporting.diff`: exactly the cells that changed between two runs, with significance."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import toy_plugin
 
-from fundbench import metrics
-from fundbench.diff import diff_runs, diff_summary, render_diff
-from fundbench.errors import DataError
-from fundbench.host import Host
-from fundbench.registry import PluginInfo
-from fundbench.runner import RunConfig, run
+from fundbench import RunConfig, run
+from fundbench.api.errors import DataError
+from fundbench.eval import metrics
+from fundbench.host.loading import Host
+from fundbench.host.registry import PluginInfo
+from fundbench.reporting.diff import diff_runs, diff_summary, render_diff
+from fundbench.runs.records import Predictions, load_predictions, read_record, write_predictions
 
 TUNED = {"task": "linear_probe", "adapter": "tuned"}
 PAPER = {"task": "linear_probe", "adapter": "paper"}
@@ -61,10 +62,19 @@ def _path(results: Path, match: dict, dataset: str = "toy_csv") -> Path:
 
 def _edit(results: Path, match: dict, edit, dataset: str = "toy_csv") -> dict:
     path = _path(results, match, dataset)
-    record = json.loads(path.read_text())
+    record = read_record(path)
     edit(record)
     path.write_text(json.dumps(record))
     return record
+
+
+def _set_predictions(record: dict, **changes) -> None:
+    """Give ``record`` other predictions: a new sidecar beside it, referenced by digest."""
+    p = load_predictions(record)
+    arrays = {"image_ids": p.image_ids, "y_true": p.y_true, "probs": p.probs}
+    arrays["patients"] = p.patients
+    new = Predictions.of(**{**arrays, **changes})
+    record["predictions"] = write_predictions(record.path.parent, new)
 
 
 def _cells(frame) -> list[tuple]:
@@ -125,13 +135,12 @@ def test_cells_in_one_run_only_are_listed_as_such(toy_results, copy):
 
 def test_significance_comes_from_paired_predictions(toy_results, copy):
     def worsen(record):
-        preds = record["predictions"]
-        y = np.asarray(preds["y_true"])
-        probs = np.asarray(preds["probs"])
-        n_classes = probs.shape[1]
+        preds = load_predictions(record)
+        y = preds.y_true
+        n_classes = preds.probs.shape[1]
         # predict the next class for every image: every argmax is wrong
         wrong = np.eye(n_classes)[(y + 1) % n_classes] * 0.8 + 0.2 / n_classes
-        preds["probs"] = wrong.tolist()
+        _set_predictions(record, probs=wrong)
         new = metrics.compute_metrics(y, wrong, n_classes=n_classes)
         for name, value in new.items():
             record["metrics"][name]["value"] = value
@@ -140,8 +149,8 @@ def test_significance_comes_from_paired_predictions(toy_results, copy):
 
     # the paper probe: only the order of the images changes (B lists them reversed)
     def reverse(r):
-        for key in ("image_ids", "y_true", "probs"):
-            r["predictions"][key] = r["predictions"][key][::-1]
+        p = load_predictions(r)
+        _set_predictions(r, **{k: v[::-1] for k, v in p.arrays().items()})
         r["metrics"]["aca"]["value"] -= 0.01
 
     _edit(copy, PAPER, reverse)
@@ -165,7 +174,8 @@ def test_significance_comes_from_paired_predictions(toy_results, copy):
 
 def test_no_pvalue_without_comparable_predictions(toy_results, copy):
     def drop_images(r):
-        r["predictions"] = {k: v[1:] for k, v in r["predictions"].items()}
+        p = load_predictions(r)
+        _set_predictions(r, **{k: v[1:] for k, v in p.arrays().items()})
         r["metrics"]["aca"]["value"] -= 0.1
 
     _edit(copy, TUNED, drop_images)

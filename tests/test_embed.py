@@ -13,12 +13,14 @@ from fundbench_random_init.model import RandomInitModel
 from PIL import Image
 
 import fundbench
-from fundbench.cli import main
-from fundbench.embed import EmbeddingTable
-from fundbench.errors import ConfigError
-from fundbench.features import ExtractionStats, FeatureStore, model_cache_key
+from fundbench.api.errors import ConfigError
+from fundbench.cli.main import main
+from fundbench.features.embed import EmbeddingTable
+from fundbench.features.store import ExtractionStats, FeatureStore, model_cache_key
 
-embed_module = importlib.import_module("fundbench.embed")  # fundbench.embed is the function
+embed_module = importlib.import_module(
+    "fundbench.features.embed"
+)  # fundbench.embed is the function
 SMALL = {"resolution": 64}  # random_init at 64 px: a ResNet-18 forward pass in milliseconds
 
 
@@ -100,7 +102,7 @@ def test_second_call_reuses_the_cache_without_a_forward_pass(images, cache, monk
 
 
 def test_run_and_embed_share_one_feature_store(toy_host, cache, tmp_path):
-    from fundbench.runner import RunConfig, run
+    from fundbench import RunConfig, run
 
     store = tmp_path / "features"
     config = RunConfig(
@@ -128,7 +130,7 @@ def test_run_and_embed_share_one_feature_store(toy_host, cache, tmp_path):
 
 
 def test_dataset_split_rows_and_ids_come_from_the_dataset(toy_host, cache):
-    from fundbench.datasets import load_dataset
+    from fundbench.data.datasets import load_dataset
 
     dataset = load_dataset("toy_csv", host=toy_host)
     table = fundbench.embed("toy_clip", dataset="toy_csv", split="val", host=toy_host)

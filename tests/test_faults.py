@@ -2,7 +2,7 @@
 survives"). Every run is random_init on synth_glaucoma (8 images per split, the linear probe,
 10 bootstrap resamples, batches of 4), compared with one uninterrupted reference run.
 
-Subprocess runs go through ``fundbench.cli.main`` with hooks (``HOOKS`` below) that kill,
+Subprocess runs go through ``fundbench.cli.main.main`` with hooks (``HOOKS`` below) that kill,
 signal or pause the process at exact points of the run, so each fault lands where it is meant
 to, every time.
 """
@@ -27,21 +27,21 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from fundbench.cli import main
-from fundbench.datasets import load_dataset
-from fundbench.errors import DataError, DiskFullError, LockHeldError
-from fundbench.host import Host
-from fundbench.locks import HOLDER_FILE, LOCK_FILE, describe_holder, read_note
-from fundbench.report import render_report
-from fundbench.results import validate_record
-from fundbench.runner import RunConfig, run
+from fundbench import RunConfig, run
+from fundbench.api.errors import DataError, DiskFullError, LockHeldError
+from fundbench.cli.main import main
+from fundbench.data.datasets import load_dataset
+from fundbench.host.loading import Host
+from fundbench.reporting.report import render_report
+from fundbench.runs.records import validate_record
+from fundbench.util.locks import HOLDER_FILE, LOCK_FILE, describe_holder, read_note
 
 pytestmark = pytest.mark.slow
 
 DATASET = "synth_glaucoma"
 N_IMAGES = 24  # --limit 8 per split
 N_CELLS = 2  # linear probe: tuned, paper
-SUBPROCESS_ENV = {"FUNDBENCH_LOAD_PLUGINS": "definitions,formats,random_init"}
+SUBPROCESS_ENV = {"FUNDBENCH_LOAD_PLUGINS": "definitions,formats,executors,random_init"}
 
 #: Run in the subprocess before the CLI. FB_KILL / FB_SIGNAL = "point:n[:SIGNAL]" act at the
 #: n-th time the point is reached; FB_PAUSE_RECORDS / FB_PAUSE_FORWARD = a file to wait for
@@ -49,9 +49,9 @@ SUBPROCESS_ENV = {"FUNDBENCH_LOAD_PLUGINS": "definitions,formats,random_init"}
 HOOKS = r"""
 import os, signal, sys, time
 from pathlib import Path
-import fundbench.features as features
-import fundbench.runner as runner
-from fundbench import interrupt
+import fundbench.features.store as features
+import fundbench.runs.engine as runner
+from fundbench.util import interrupt
 
 counts = {}
 def reached(point):
@@ -91,13 +91,16 @@ runner.write_record = hooked_write_record
 real_replace = os.replace
 def hooked_replace(src, dst):
     dst = Path(dst)
-    kind = "record" if "records" in dst.parts else dst.stem if dst.suffix != ".npz" else "shard"
+    if "records" in dst.parts:  # a cell writes its predictions, its record, then the index
+        kind = {".npz": "predictions", ".idx": "index"}.get(dst.suffix, "record")
+    else:
+        kind = dst.stem if dst.suffix != ".npz" else "shard"
     reached(kind + "_tmp")  # the temporary file is complete, not yet renamed
     real_replace(src, dst)
     reached(kind + "_done")
 os.replace = hooked_replace
 
-from fundbench.cli import main
+from fundbench.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -216,8 +219,10 @@ def reference(tmp_path_factory, host) -> tuple[Path, Path]:
         ("forward", 3, 0),  # during extraction: 8 images embedded, none saved
         ("shard_tmp", 1, 0),  # the shard's temporary file written, not renamed
         ("after_shard", 1, 0),  # extraction saved, no cell yet
+        ("predictions_done", 1, 0),  # the first cell's sidecar written, not its record
         ("record_tmp", 1, 0),  # the first record's temporary file written, not renamed
-        ("record_done", 1, 1),  # right after the first record write, between cells
+        ("record_done", 1, 1),  # right after the first record write, its index not updated
+        ("index_tmp", 1, 1),  # the index's temporary file written, not renamed
         ("report_tmp", 1, N_CELLS),  # every cell and run.json written, the report half-done
     ],
 )
@@ -229,7 +234,7 @@ def test_kill_9_anywhere_then_rerun_gives_the_same_cells(
     rc, log = _finish(proc)
     assert rc == -signal.SIGKILL, log
     assert len(_records(out)) == records_left
-    if point in ("shard_tmp", "record_tmp", "report_tmp"):
+    if point in ("shard_tmp", "record_tmp", "index_tmp", "report_tmp"):
         assert _temporaries(out, cache), "the kill should have left a temporary file behind"
     assert len(_shards(cache)) == (0 if point in ("forward", "shard_tmp") else 1)
 
@@ -279,7 +284,7 @@ def test_ctrl_c_during_extraction_keeps_the_embeddings_computed(host, reference,
 
 
 def test_a_signal_waits_for_a_boundary_only_once_armed_and_never_twice():
-    from fundbench import interrupt
+    from fundbench.util import interrupt
 
     with interrupt.stop_at_boundaries():  # building models (maybe training): stop at once
         with pytest.raises(KeyboardInterrupt):
@@ -463,7 +468,7 @@ class SmallDisk:
         return done.returncode == 0
 
     def _simulate(self, monkeypatch) -> None:
-        import fundbench.atomic as atomic
+        import fundbench.util.atomic as atomic
 
         fsync = os.fsync
 
@@ -511,7 +516,7 @@ def test_full_disk_while_writing_a_record(small_disk, host, reference, tmp_path,
     err = capsys.readouterr().err
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and re.search(rf"records/.*\.json: {NO_SPACE}", lines[0]), err
+    assert len(lines) == 1 and re.search(rf"records/.*\.(json|npz): {NO_SPACE}", lines[0]), err
     assert not _records(out) and not _temporaries(small_disk.folder)
 
     small_disk.free()

@@ -49,9 +49,9 @@ from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 
-from fundbench.host import Host
-from fundbench.preprocess import PreprocessConfig
-from fundbench.registry import PluginInfo
+from fundbench.api.preprocess import PreprocessConfig
+from fundbench.host.loading import Host
+from fundbench.host.registry import PluginInfo
 
 TOL = 1 / 255
 #: what composing the same library operations in the same order leaves (float rounding)
@@ -503,7 +503,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["flair", "keepfit_v1"])
 def test_zero_shot_uses_the_raw_mean_of_unit_prompt_vectors(name, build):
-    from fundbench.protocols.zero_shot import class_text_embeddings, zero_shot_probs
+    from fundbench.eval.protocols.zero_shot import class_text_embeddings, zero_shot_probs
 
     model = build(name)
     assert model.zero_shot_prototype == "raw_mean"
@@ -559,8 +559,8 @@ def test_draft_decoding_is_opt_in(build, factories, images):
     from fundbench_keepfit_v2.data import preprocess_config as keepfit_v2_preprocess
     from fundbench_retfound.model import retfound_preprocess
 
-    from fundbench.datasets import decode_image
-    from fundbench.features import model_cache_key
+    from fundbench.api.images import decode_image
+    from fundbench.features.store import model_cache_key
 
     assert PreprocessConfig().draft is False
     configs = {name: build(name).preprocess_config for name in MODELS}

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from fundbench.errors import ConfigError
-from fundbench.preprocess import PreprocessConfig
-from fundbench.results import iter_records
-from fundbench.runner import RunConfig, run
+from fundbench import RunConfig, run
+from fundbench.api.errors import ConfigError
+from fundbench.api.preprocess import PreprocessConfig
+from fundbench.runs.records import iter_records
 
 
 def _records(out) -> dict:
@@ -127,7 +127,7 @@ def test_zero_shot_convention_is_the_models_own_and_is_recorded(toy_host, tmp_pa
 def test_several_models_share_one_decode_pass_with_identical_embeddings(
     toy_host, tmp_path, monkeypatch
 ):
-    import fundbench.features as features
+    import fundbench.features.store as features
 
     decoded = []
     real = features.decode_image

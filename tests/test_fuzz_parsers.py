@@ -1,6 +1,6 @@
 """Property-based fuzzing of every parser of user files: dataset, task and suite definitions,
 YAML, prompt files, run config files and result records. Each input gives either a typed
-object or a :class:`~fundbench.errors.FundbenchError` that names the file, never another
+object or a :class:`~fundbench.api.errors.FundbenchError` that names the file, never another
 exception (a TypeError, KeyError, UnicodeDecodeError, ...).
 
 150 examples per test keep the file at a few seconds; for a deeper search set
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -19,16 +20,27 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fundbench.definitions import (
+from fundbench.api.definitions import (
     DatasetDefinition,
     SuiteDefinition,
     TaskDefinition,
     read_yaml,
 )
-from fundbench.errors import FundbenchError
-from fundbench.prompts import PromptSet, load_prompts, read_prompt_file
-from fundbench.results import iter_records, load_results, read_record, validate_record
-from fundbench.weights import RunFile
+from fundbench.api.errors import FundbenchError
+from fundbench.data.prompts import PromptSet, load_prompts, read_prompt_file
+from fundbench.models.weights import RunFile
+from fundbench.runs.records import (
+    INDEX_NAME,
+    Predictions,
+    iter_records,
+    load_predictions,
+    load_results,
+    read_record,
+    stored_fingerprint,
+    validate_record,
+    write_predictions,
+    write_record,
+)
 
 FUZZ = settings(
     max_examples=int(os.environ.get("FUNDBENCH_FUZZ_EXAMPLES", "150")),
@@ -346,3 +358,54 @@ def test_result_records_load_or_fail_naming_the_file(data, workdir):
         assert len(frame) == len(record["metrics"])
         values_ = [m["value"] for m in record["metrics"].values()]
         assert all(v is None or isinstance(v, float | int) or math.isnan(v) for v in values_)
+
+
+# -- predictions sidecars and fingerprint indexes ------------------------------------------
+
+
+def _damaged(data, good: bytes) -> bytes:
+    choice = data.draw(st.integers(0, 2))
+    if choice == 0:  # truncated
+        return good[: data.draw(st.integers(0, len(good)))]
+    if choice == 1:  # some bytes changed
+        damaged = bytearray(good)
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(good) - 1))
+            damaged[i] = data.draw(st.integers(0, 255))
+        return bytes(damaged)
+    return data.draw(st.binary(max_size=400))
+
+
+@FUZZ
+@given(data=st.data())
+def test_predictions_sidecars_load_or_fail_naming_the_file(data, workdir):
+    predictions = Predictions.of(["a", "b"], [0, 1], [[0.7, 0.3], [0.4, 0.6]], patients=["p", "q"])
+    folder = workdir / "sidecar"
+    shutil.rmtree(folder, ignore_errors=True)
+    ref = write_predictions(folder, predictions)
+    path = folder / ref["file"]
+    path.write_bytes(_damaged(data, path.read_bytes()))
+    try:
+        loaded = load_predictions({"predictions": ref}, folder=folder)
+    except FundbenchError as exc:
+        assert names_file(exc, path), exc
+        return
+    assert loaded.digest() == ref["sha256"]  # a change that left the content whole
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_damaged_fingerprint_index_is_read_or_ignored_never_an_error(data, workdir):
+    """The index only accelerates: a damaged one is ignored, so the record is read; an entry
+    damaged into another well-formed one can at worst make a cell be computed again."""
+    out = workdir / "indexed"
+    shutil.rmtree(out, ignore_errors=True)
+    record = {**VALID_RECORD, "schema_version": 2}
+    path = write_record(out, record)
+    index = path.parent / INDEX_NAME
+    if data.draw(st.booleans()):
+        index.write_bytes(_damaged(data, index.read_bytes()))
+    else:
+        index.write_text(json.dumps({"version": 1, "records": {path.name: data.draw(values)}}))
+    found = stored_fingerprint(path)
+    assert found == VALID_RECORD["fingerprint"] or (found and found in index.read_text("latin-1"))

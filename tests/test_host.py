@@ -7,9 +7,9 @@ import types
 import pytest
 
 from fundbench import hookimpl
-from fundbench.errors import ConfigError
-from fundbench.host import Host, get_host
-from fundbench.registry import PluginInfo
+from fundbench.api.errors import ConfigError
+from fundbench.host.loading import Host, get_host
+from fundbench.host.registry import PluginInfo
 
 
 def _plugin(**hooks) -> types.ModuleType:
@@ -129,9 +129,9 @@ def test_builtin_models_register_lazily_and_resolve_on_first_use():
 
 
 def test_lazy_factory_that_fails_to_import_is_a_plugin_error_naming_the_distribution():
-    from fundbench.errors import PluginError
-    from fundbench.registry import lazy
-    from fundbench.runner import RunConfig, build_model
+    from fundbench.api.errors import PluginError
+    from fundbench.host.registry import lazy
+    from fundbench.models.build import build_model
 
     def models(register):
         register("ghost", "fundbench_no_such_module.model:Ghost", description="never imports")
@@ -143,7 +143,7 @@ def test_lazy_factory_that_fails_to_import_is_a_plugin_error_naming_the_distribu
     )
     assert host.models.get("ghost").metadata["description"] == "never imports"  # listed
     with pytest.raises(PluginError) as info:
-        build_model(host.models.get("ghost"), RunConfig(models=["ghost"]), options={})
+        build_model(host.models.get("ghost"), {})
     message = str(info.value)
     assert "\n" not in message and "ghost-dist 2.0" in message
     assert "fundbench_no_such_module.model:Ghost" in message and "ModuleNotFoundError" in message

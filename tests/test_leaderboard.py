@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import toy_plugin
 
-from fundbench import gate
-from fundbench.cli import main
-from fundbench.host import Host
-from fundbench.leaderboard import summarise
-from fundbench.registry import PluginInfo
-from fundbench.results import load_results
-from fundbench.runner import RunConfig, run
+from fundbench import RunConfig, run
+from fundbench.cli.main import main
+from fundbench.host.loading import Host
+from fundbench.host.registry import PluginInfo
+from fundbench.reporting import gate
+from fundbench.reporting.leaderboard import summarise
+from fundbench.runs.records import load_results
 
 LP_ACA = "regression: toy_clip / toy_csv / linear_probe / tuned / aca"
 
@@ -384,7 +384,7 @@ def test_output_to_stdout_dash_and_to_a_pipe_keeps_the_pipe(toy_results, tmp_pat
 def test_committed_leaderboard_of_the_embedded_suite_is_a_valid_baseline():
     """reports/leaderboard.json (scripts/update-leaderboard.sh) is what the example CI gates
     on: it must read back and cover both models on the five synthetic datasets."""
-    from fundbench.gate import read_leaderboard
+    from fundbench.reporting.gate import read_leaderboard
 
     root = Path(__file__).resolve().parents[1] / "reports"
     rows = read_leaderboard(root / "leaderboard.json")
@@ -398,7 +398,7 @@ def test_committed_leaderboard_of_the_embedded_suite_is_a_valid_baseline():
 
 
 def test_markdown_lists_models_without_a_protocol_as_na():
-    from fundbench.leaderboard import summarise
+    from fundbench.reporting.leaderboard import summarise
 
     rows = []
     for model, protocols in (("a", ("zero_shot", "linear_probe")), ("b", ("linear_probe",))):

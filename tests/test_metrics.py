@@ -1,4 +1,4 @@
-"""Tests for fundbench.metrics: agreement with sklearn, weights, bootstrap, p-values."""
+"""Tests for fundbench.eval.metrics: agreement with sklearn, weights, bootstrap, p-values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from fundbench.metrics import (
+from fundbench.eval.metrics import (
     METRICS,
     bootstrap_ci,
     compute_metrics,
@@ -40,7 +40,7 @@ def make_problem(
 
 
 def sklearn_metrics(y: np.ndarray, probs: np.ndarray, sample_weight=None) -> dict[str, float]:
-    """Reference values; kappa uses labels=range(C) (see fundbench.metrics docstring)."""
+    """Reference values; kappa uses labels=range(C) (see fundbench.eval.metrics docstring)."""
     pred = probs.argmax(axis=1)
     n_classes = probs.shape[1]
     if n_classes == 2:
@@ -307,7 +307,7 @@ def test_bootstrap_ignores_resamples_where_metric_is_undefined() -> None:
 
 
 def test_chunked_bootstrap_equals_single_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fundbench import metrics
+    from fundbench.eval import metrics
 
     y, probs = make_problem(100, 5, seed=23)
     whole = bootstrap_ci(y, probs, n_resamples=250, seed=4)

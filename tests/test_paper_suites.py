@@ -6,14 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fundbench import load_results
-from fundbench.definitions import TaskDefinition
-from fundbench.errors import ConfigError
-from fundbench.evaluate import Features
-from fundbench.host import Host
-from fundbench.reference import reported_results, reported_vs_reproduced
-from fundbench.results import iter_records
-from fundbench.runner import RunConfig, run
+from fundbench import RunConfig, load_results, run
+from fundbench.api.definitions import TaskDefinition
+from fundbench.api.errors import ConfigError
+from fundbench.eval.cells import Features
+from fundbench.host.loading import Host
+from fundbench.reporting.reference import reported_results, reported_vs_reproduced
+from fundbench.runs.records import iter_records
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +128,7 @@ def test_resplit_task_end_to_end_and_reported_vs_reproduced(toy_host, tmp_path):
             register("lp_folds", lp)
             register("zs_all", zs)
 
-    from fundbench.registry import PluginInfo
+    from fundbench.host.registry import PluginInfo
 
     assert toy_host.add_plugin(Tasks, PluginInfo("paper_tasks", "tests", "0"))
     out = tmp_path / "out"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fundbench.datasets import decode_image, open_image
-from fundbench.errors import DataError
-from fundbench.preprocess import PreprocessConfig
+from fundbench.api.errors import DataError
+from fundbench.api.images import decode_image, open_image
+from fundbench.api.preprocess import PreprocessConfig
 
 
 def _image(w: int, h: int) -> Image.Image:

@@ -1,4 +1,4 @@
-"""Tests for fundbench.protocols: sampling, linear probe, zero-shot and few-shot adapters."""
+"""Tests for fundbench.eval.protocols and fundbench.eval.heads (few-shot adapters)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from fundbench.errors import DataError
-from fundbench.protocols import (
+from fundbench.api.errors import DataError
+from fundbench.eval.heads import (
     ADAPTERS,
-    PAPER_C,
     TEXT_ADAPTERS,
     ClipAdapter,
     TipAdapter,
     TipAdapterF,
+    make_adapter,
+)
+from fundbench.eval.protocols import (
+    PAPER_C,
     carve_validation,
     class_text_embeddings,
     fit_predict_fixed,
     fit_predict_tuned,
-    make_adapter,
     sample_support,
     zero_shot_probs,
 )

@@ -8,10 +8,9 @@ import functools
 import pytest
 import toy_plugin
 
-from fundbench import hookimpl
-from fundbench.registry import PluginInfo
-from fundbench.report import render_report
-from fundbench.runner import RunConfig, run
+from fundbench import RunConfig, hookimpl, run
+from fundbench.host.registry import PluginInfo
+from fundbench.reporting.report import render_report
 
 EXTRA = ("toy_r8", "toy_r12", "toy_r24")
 
@@ -83,7 +82,7 @@ def test_two_result_folders_merge_into_one_report(host, tmp_path):
 def test_contamination_flag_and_reported_vs_reproduced(host, tmp_path, monkeypatch):
     import pandas as pd
 
-    from fundbench import report as report_module
+    from fundbench.reporting import report as report_module
 
     monkeypatch.setattr(toy_plugin.ToyClip, "pretraining_datasets", ("toy-csv",))
     reported = pd.DataFrame(
@@ -133,7 +132,7 @@ def test_report_escapes_names_from_plugins(host, tmp_path):
 
 
 def test_report_reads_each_result_folder_once(host, tmp_path, monkeypatch):
-    from fundbench import report as report_module
+    from fundbench.reporting import report as report_module
 
     out = _run(host, tmp_path / "out", ("toy_clip",))
     calls = []
@@ -148,8 +147,8 @@ def test_importing_the_report_leaves_matplotlib_style_alone():
     import sys
 
     code = (
-        "import matplotlib as m; before = dict(m.rcParams); import fundbench.report; "
-        "import fundbench.plots; changed = [k for k in before if m.rcParams[k] != before[k]"
+        "import matplotlib as m; before = dict(m.rcParams); import fundbench.reporting.report; "
+        "import fundbench.reporting.plots; changed = [k for k in before if m.rcParams[k] != before[k]"
         " and k != 'backend']; print(changed)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

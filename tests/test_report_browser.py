@@ -16,15 +16,14 @@ import toy_plugin
 from PIL import Image
 from selenium.webdriver.common.by import By
 
-from fundbench import hookimpl
-from fundbench.cli import main
-from fundbench.errors import ConfigError
-from fundbench.host import Host
-from fundbench.model import Model
-from fundbench.registry import PluginInfo
-from fundbench.report import render_report
-from fundbench.runner import RunConfig, run
-from fundbench.screenshot import console_errors, find_browser, open_page
+from fundbench import RunConfig, hookimpl, run
+from fundbench.api.errors import ConfigError
+from fundbench.api.model import Model
+from fundbench.cli.main import main
+from fundbench.host.loading import Host
+from fundbench.host.registry import PluginInfo
+from fundbench.reporting.report import render_report
+from fundbench.reporting.screenshot import console_errors, find_browser, open_page
 
 pytestmark = pytest.mark.slow
 
@@ -190,7 +189,7 @@ def test_screenshot_command_errors_are_one_line(tmp_path, capsys):
 
 
 def test_missing_browser_names_the_apt_command(monkeypatch):
-    import fundbench.screenshot as screenshot
+    import fundbench.reporting.screenshot as screenshot
 
     monkeypatch.setattr(screenshot.shutil, "which", lambda name: None)
     monkeypatch.setattr(screenshot, "BROWSER_PATHS", ())

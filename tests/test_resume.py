@@ -12,17 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from fundbench import load_results
-from fundbench.results import validate_record
-from fundbench.runner import RunConfig, run
+from fundbench import RunConfig, load_results, run
+from fundbench.runs.records import validate_record
 
 SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import toy_plugin
-from fundbench.host import Host
-from fundbench.registry import PluginInfo
-from fundbench.runner import RunConfig, run
+from fundbench.host.loading import Host
+from fundbench.host.registry import PluginInfo
+from fundbench import RunConfig, run
 from pathlib import Path
 toy_plugin.DATA_DIR = Path({data!r})
 host = Host().load_entry_points()
@@ -67,7 +66,7 @@ def test_kill_9_then_rerun_matches_uninterrupted_run(toy_host, toy_data, tmp_pat
 def test_atomic_writes_follow_the_umask_and_spare_devices(tmp_path):
     import os
 
-    from fundbench.atomic import write_text_atomic
+    from fundbench.util.atomic import write_text_atomic
 
     old = os.umask(0o022)
     try:

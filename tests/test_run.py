@@ -8,11 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fundbench import load_results
-from fundbench.errors import ConfigError
-from fundbench.prompts import load_prompts
-from fundbench.results import iter_records, validate_record
-from fundbench.runner import RunConfig, run
+from fundbench import RunConfig, load_results, run
+from fundbench.api.errors import ConfigError
+from fundbench.data.prompts import load_prompts
+from fundbench.runs.records import iter_records, validate_record
 
 
 def _config(out, **kw) -> RunConfig:
@@ -177,7 +176,7 @@ def test_user_prompt_file_overrides_and_is_checked(toy_host, tmp_path):
 
 
 def test_model_factory_that_raises_names_the_plugin(toy_host, tmp_path):
-    from fundbench.errors import PluginError
+    from fundbench.api.errors import PluginError
 
     with pytest.raises(
         PluginError,
@@ -191,7 +190,7 @@ def test_model_factory_that_raises_names_the_plugin(toy_host, tmp_path):
 def test_corrupt_image_names_the_file(toy_host, toy_data, tmp_path):
     import shutil
 
-    from fundbench.errors import DataError
+    from fundbench.api.errors import DataError
 
     copy = tmp_path / "copy"
     shutil.copytree(toy_data, copy)
@@ -205,7 +204,7 @@ def test_corrupt_image_names_the_file(toy_host, toy_data, tmp_path):
 def test_missing_label_column_and_missing_file_are_named(toy_host, toy_data, tmp_path):
     import shutil
 
-    from fundbench.errors import DataError
+    from fundbench.api.errors import DataError
 
     copy = tmp_path / "copy"
     shutil.copytree(toy_data, copy)
@@ -253,7 +252,7 @@ def test_model_never_embeds_unsupported_modality_or_cached_cells(toy_host, tmp_p
 def test_images_are_hashed_once_until_they_change(toy_data, tmp_path, monkeypatch):
     import shutil
 
-    from fundbench import datasets
+    from fundbench.data import datasets
 
     monkeypatch.setenv("FUNDBENCH_CACHE", str(tmp_path / "cache"))
     copy = tmp_path / "copy"

@@ -1,4 +1,4 @@
-"""Tests of the synthetic fundus suite (fundbench.synth)."""
+"""Tests of the synthetic fundus suite (fundbench.data.synth)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fundbench.errors import ConfigError, DataError
-from fundbench.synth import (
+from fundbench.api.errors import ConfigError, DataError
+from fundbench.data.synth import (
     CLASSES,
     COLUMNS,
     FAMILIES,

@@ -15,7 +15,7 @@ from fundbench import load_results
 PLUGIN_SOURCE = """
 import torch
 from fundbench import Model, PreprocessConfig, hookimpl
-from fundbench.model import state_dict_digest
+from fundbench.api.model import state_dict_digest
 
 
 class TinyNet(Model):

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fundbench.checkpoints import read_checkpoint
-from fundbench.cli import main
-from fundbench.errors import CheckpointError, ConfigError
-from fundbench.runner import RunConfig, run
+from fundbench import RunConfig, run
+from fundbench.api.errors import CheckpointError, ConfigError
+from fundbench.cli.main import main
+from fundbench.models.checkpoints import read_checkpoint
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
@@ -196,12 +196,12 @@ def test_the_python_api_is_validated_first(change, expected, toy_host, tmp_path)
 
 
 def test_prompt_file_must_cover_every_dataset_before_any_work(toy_host, tmp_path, monkeypatch):
-    import fundbench.runner
+    import fundbench.runs.engine
 
     def no_work(*args, **kwargs):
         raise AssertionError("models were built before the prompt file was checked")
 
-    monkeypatch.setattr(fundbench.runner, "build_model_runs", no_work)
+    monkeypatch.setattr(fundbench.runs.engine, "_built", no_work)
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("datasets:\n  toy_oct: {templates: ['{}'], classes: {red: [r]}}\n")
     out = tmp_path / "results"

@@ -10,7 +10,9 @@ import json
 import pytest
 import torch
 
-from fundbench.checkpoints import (
+from fundbench.api.errors import CheckpointError, ConfigError
+from fundbench.cli.main import main
+from fundbench.models.checkpoints import (
     Allowance,
     check_state_dict,
     interpolate_pos_embed,
@@ -18,9 +20,7 @@ from fundbench.checkpoints import (
     unwrap,
     weights_digest,
 )
-from fundbench.cli import main
-from fundbench.errors import CheckpointError, ConfigError
-from fundbench.weights import RunFile, env_var, resolve_weights
+from fundbench.models.weights import RunFile, env_var, resolve_weights
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ def test_pos_embed_interpolation_keeps_cls_and_is_bicubic():
 
 
 def test_model_arg_splits_at_the_last_dot_and_names_must_be_in_the_run(capsys, tmp_path):
-    from fundbench.cli import _parse_model_args
+    from fundbench.cli.main import _parse_model_args
 
     assert _parse_model_args(["timm:resnet18.a1_in1k.resolution=64"]) == {
         "timm:resnet18.a1_in1k": {"resolution": 64}

@@ -1,6 +1,6 @@
 """Built-in dataset formats: a generic CSV, an ImageFolder tree, and the synthetic suite.
 
-A reader takes a :class:`~fundbench.definitions.DatasetDefinition` and the data root and
+A reader takes a :class:`~fundbench.api.definitions.DatasetDefinition` and the data root and
 returns the raw sample table (``path`` absolute, ``label`` as class name, optional
 ``patient``, ``eye``, ``split``, ``caption``).
 """
@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from fundbench.definitions import DatasetDefinition, digest_of
-from fundbench.errors import DataError, DatasetMissing
-from fundbench.hookspecs import hookimpl
-from fundbench.paths import cache_dir
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+from fundbench.api.definitions import DatasetDefinition, digest_of
+from fundbench.api.errors import DataError, DatasetMissing
+from fundbench.api.hookspecs import hookimpl
+from fundbench.api.images import IMAGE_SUFFIXES
+from fundbench.util.paths import cache_dir
 
 
 def dataset_dir(definition: DatasetDefinition, data_root: Path | None) -> Path:
@@ -94,7 +93,7 @@ def read_imagefolder(definition: DatasetDefinition, data_root: Path | None) -> p
 
 def read_synthfundus(definition: DatasetDefinition, data_root: Path | None) -> pd.DataFrame:
     """Generate (once, cached by a digest of the options) and read a synthetic dataset."""
-    from fundbench.synth import generate_dataset  # heavy drawing code: import on use
+    from fundbench.data.synth import generate_dataset  # heavy drawing code: import on use
 
     opts = dict(definition.options)
     given = opts.pop("path", None)  # an explicit folder (e.g. `data verify --root`)
@@ -104,7 +103,7 @@ def read_synthfundus(definition: DatasetDefinition, data_root: Path | None) -> p
     base = Path(data_root) if data_root else cache_dir() / "synthfundus"
     folder = base / f"{definition.id}-{digest_of({'family': family, **opts})[:12]}"
     if not (folder / "labels.csv").exists():
-        from fundbench.progress import progress_callback
+        from fundbench.util.progress import progress_callback
 
         with progress_callback(f"generating {definition.id}") as report:
             generate_dataset(family, folder, progress=report, **opts)

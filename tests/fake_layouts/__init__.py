@@ -21,8 +21,14 @@ def write_image(path: Path, size: int = 12) -> Path:
     """A small, unique, decodable image; the format follows the suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = _rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
-           ".bmp": "BMP"}[path.suffix.lower()]
+    fmt = {
+        ".jpg": "JPEG",
+        ".jpeg": "JPEG",
+        ".png": "PNG",
+        ".tif": "TIFF",
+        ".tiff": "TIFF",
+        ".bmp": "BMP",
+    }[path.suffix.lower()]
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt)
     path.write_bytes(buffer.getvalue())

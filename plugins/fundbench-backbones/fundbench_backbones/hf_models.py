@@ -25,9 +25,14 @@ from pathlib import Path
 import torch
 
 from fundbench import Model, PreprocessConfig
-from fundbench.checkpoints import Allowance, mismatch_parts, resolve_hf_folder, weights_digest
-from fundbench.errors import CheckpointError, ConfigError
-from fundbench.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from fundbench.api.errors import CheckpointError, ConfigError
+from fundbench.api.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from fundbench.models.checkpoints import (
+    Allowance,
+    mismatch_parts,
+    resolve_hf_folder,
+    weights_digest,
+)
 from fundbench_backbones import first_line, interpolation_name
 
 POOLINGS = ("auto", "pooler", "cls", "mean")
@@ -431,4 +436,3 @@ def prefix_tokens(model: torch.nn.Module) -> int:
     """How many tokens precede the patch tokens: CLS/distillation tokens plus registers."""
     count = sum(1 for name, _ in model.named_parameters() if name.endswith(PREFIX_TOKENS))
     return count + int(getattr(model.config, "num_register_tokens", 0) or 0)
-

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from fundbench import Model, PreprocessConfig
-from fundbench.checkpoints import (
+from fundbench.api.errors import CheckpointError, ConfigError
+from fundbench.models.checkpoints import (
     Allowance,
     load_strict,
     read_checkpoint,
@@ -33,7 +34,6 @@ from fundbench.checkpoints import (
     unwrap,
     weights_digest,
 )
-from fundbench.errors import CheckpointError, ConfigError
 from fundbench_backbones import first_line, interpolation_name
 
 #: Wrappers a training script may put around the state dict, tried in this order.
@@ -245,4 +245,3 @@ def preprocess_config(
         std=tuple(float(v) for v in std) if std is not None else None,
         pad_anchor="center" if mode == "pad" else "top_left",
     )
-

@@ -25,10 +25,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.data import resolve_data_config
 
-from fundbench.cli import main
-from fundbench.errors import CheckpointError, ConfigError
-from fundbench.host import Host
-from fundbench.results import iter_records, load_results
+from fundbench.api.errors import CheckpointError, ConfigError
+from fundbench.cli.main import main
+from fundbench.host.loading import Host
+from fundbench.runs.records import iter_records, load_results
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 VOCAB = [
@@ -496,7 +496,7 @@ def test_hf_clip_with_tokenizer_embeds_texts(host, clip_folder):
     assert not torch.allclose(got[0], got[1])  # the two prompts differ
 
     # the harness's zero-shot classifier builds on encode_texts
-    from fundbench.protocols.zero_shot import class_text_embeddings
+    from fundbench.eval.protocols.zero_shot import class_text_embeddings
 
     weights = class_text_embeddings(
         lambda t: model.encode_texts(t).numpy(),

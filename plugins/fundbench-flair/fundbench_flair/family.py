@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from fundbench import Model, PreprocessConfig
-from fundbench.checkpoints import (
+from fundbench.api.errors import CheckpointError, ConfigError
+from fundbench.models.checkpoints import (
     Allowance,
     hf_weight_files,
     load_strict,
@@ -21,7 +22,6 @@ from fundbench.checkpoints import (
     unwrap,
     weights_digest,
 )
-from fundbench.errors import CheckpointError, ConfigError
 from fundbench_flair.network import FLAIRNetwork
 from fundbench_flair.text import find_tokenizer_folder, load_tokenizer, missing_tokenizer_reason
 from fundbench_flair.text import tokenize as tokenize_texts

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from fundbench.checkpoints import resolve_hf_folder
-from fundbench.errors import ConfigError
+from fundbench.api.errors import ConfigError
+from fundbench.models.checkpoints import resolve_hf_folder
 
 BIO_CLINICALBERT = "emilyalsentzer/Bio_ClinicalBERT"
 TOKENIZER_ENV = "FUNDBENCH_BIO_CLINICALBERT"

@@ -26,8 +26,8 @@ from fundbench_flair.text import TOKENIZER_ENV
 from PIL import Image
 from safetensors.torch import save_file
 
-from fundbench.errors import CheckpointError
-from fundbench.results import iter_records
+from fundbench.api.errors import CheckpointError
+from fundbench.runs.records import iter_records
 
 TEXTS = ["normal", "a few small red dots", "many haemorrhages and exudates with signs of lesion"]
 
@@ -237,7 +237,7 @@ def test_canvas_preprocessing_matches_flair(flair):
 def test_foreground_crop_finds_the_fundus():
     from fundbench_flair.family import canvas_preprocess
 
-    from fundbench.preprocess import crop_foreground
+    from fundbench.api.preprocess import crop_foreground
 
     pixels = np.zeros((400, 600, 3), dtype=np.uint8)
     yy, xx = np.mgrid[:400, :600]

@@ -39,7 +39,7 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 def summarise(results: Path) -> dict[str, float]:
     """Mean ACA over datasets for each protocol column of one results folder."""
-    from fundbench.results import load_results
+    from fundbench.runs.records import load_results
 
     df = load_results(results)
     df = df[df["metric"] == "aca"]
@@ -60,17 +60,25 @@ def summarise(results: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train and evaluate KeepFIT V2 ablations.")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="KEY=VALUE applied to every variant (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="KEY=VALUE applied to every variant (repeatable)",
+    )
     args = parser.parse_args(argv)
 
-    from fundbench.errors import FundbenchError
-    from fundbench.host import get_host
-    from fundbench.runner import RunConfig, run
+    from fundbench import RunConfig, run
+    from fundbench.api.errors import FundbenchError
+    from fundbench.host.loading import get_host
     from fundbench_keepfit_v2.config import make_config
     from fundbench_keepfit_v2.train import FINAL
     from fundbench_keepfit_v2.train import run as train_run
@@ -87,14 +95,24 @@ def main(argv: list[str] | None = None) -> int:
             folder = args.out / "train" / name
             checkpoint = folder / FINAL
             if not checkpoint.exists():
-                checkpoint = train_run(config, folder, device=args.device,
-                                       resume=(folder / "last.pt").exists())
+                checkpoint = train_run(
+                    config, folder, device=args.device, resume=(folder / "last.pt").exists()
+                )
             results = args.out / "results" / name
-            run(RunConfig(models=["keepfit_v2"], weights={"keepfit_v2": str(checkpoint)},
-                          out=results, device=args.device, report=False), get_host())
+            run(
+                RunConfig(
+                    models=["keepfit_v2"],
+                    weights={"keepfit_v2": str(checkpoint)},
+                    out=results,
+                    device=args.device,
+                    report=False,
+                ),
+                get_host(),
+            )
             rows[name] = summarise(results)
-            print(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in rows[name].items()),
-                  flush=True)
+            print(
+                f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in rows[name].items()), flush=True
+            )
     except FundbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

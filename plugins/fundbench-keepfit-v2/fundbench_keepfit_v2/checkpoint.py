@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from fundbench.atomic import write_atomic
-from fundbench.checkpoints import load_strict, read_checkpoint
-from fundbench.errors import CheckpointError
+from fundbench.api.errors import CheckpointError
+from fundbench.models.checkpoints import load_strict, read_checkpoint
+from fundbench.util.atomic import write_atomic
 from fundbench_keepfit_v2.config import Config
 from fundbench_keepfit_v2.model import KeepFITV2
 
@@ -63,10 +63,14 @@ def load_model(path: str | Path) -> LoadedModel:
     data = read(path)
     if data.get("format") != FORMAT:
         if "attention.W_q.weight" in data:
-            raise CheckpointError(f"{path}: a KeepFIT V1 state dict, not a keepfit_v2 "
-                                  "checkpoint; evaluate it with --model keepfit_v1")
-        raise CheckpointError(f"{path}: not a keepfit_v2 checkpoint (no format={FORMAT!r}); "
-                              "train one with `fundbench train keepfit_v2`")
+            raise CheckpointError(
+                f"{path}: a KeepFIT V1 state dict, not a keepfit_v2 "
+                "checkpoint; evaluate it with --model keepfit_v1"
+            )
+        raise CheckpointError(
+            f"{path}: not a keepfit_v2 checkpoint (no format={FORMAT!r}); "
+            "train one with `fundbench train keepfit_v2`"
+        )
     for key in ("config", "bert_config", "tokenizer", "model"):
         if key not in data:
             raise CheckpointError(f"{path}: keepfit_v2 checkpoint lacks {key!r}")
@@ -75,6 +79,10 @@ def load_model(path: str | Path) -> LoadedModel:
     model = KeepFITV2(config, bert)
     load_state(model, data["model"], path)
     tokenizer = wrap_tokenizer(data["tokenizer"], config.text.max_length)
-    return LoadedModel(model.eval(), tokenizer, config,
-                       tuple(data.get("pretraining_datasets", ())),
-                       {k: data.get(k) for k in ("kind", "summary")})
+    return LoadedModel(
+        model.eval(),
+        tokenizer,
+        config,
+        tuple(data.get("pretraining_datasets", ())),
+        {k: data.get(k) for k in ("kind", "summary")},
+    )

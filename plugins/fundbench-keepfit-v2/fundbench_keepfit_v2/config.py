@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from fundbench.errors import ConfigError
+from fundbench.api.errors import ConfigError
 
 #: The embedded synthetic suite, the default training data of both presets.
 SYNTH_DATASETS = ("synth_dr", "synth_glaucoma", "synth_multidisease", "synth_ffa", "synth_oct")
@@ -185,34 +185,55 @@ class Config:
 
     def check(self) -> Config:
         """Cross-field checks, raised as one-line ConfigErrors."""
+
         def need(ok: bool, key: str, what: str) -> None:
             if not ok:
                 raise ConfigError(f"config {key}={_get(self, key)!r}: {what}")
 
-        need(self.vision.arch in ("resnet50", "resnet_small"), "vision.arch",
-             "choose resnet50 or resnet_small")
+        need(
+            self.vision.arch in ("resnet50", "resnet_small"),
+            "vision.arch",
+            "choose resnet50 or resnet_small",
+        )
         need(self.vision.resolution >= 32, "vision.resolution", "must be at least 32")
-        need(len(self.vision.layers) == 4 and min(self.vision.layers) >= 1, "vision.layers",
-             "give four positive block counts, e.g. 1,1,1,1")
-        need(self.text.hidden % self.text.heads == 0, "text.hidden",
-             f"must be divisible by text.heads={self.text.heads}")
+        need(
+            len(self.vision.layers) == 4 and min(self.vision.layers) >= 1,
+            "vision.layers",
+            "give four positive block counts, e.g. 1,1,1,1",
+        )
+        need(
+            self.text.hidden % self.text.heads == 0,
+            "text.hidden",
+            f"must be divisible by text.heads={self.text.heads}",
+        )
         need(self.text.layers >= 1, "text.layers", "need at least one layer")
-        need(self.model.proj_dim % self.model.attention_heads == 0, "model.proj_dim",
-             f"must be divisible by model.attention_heads={self.model.attention_heads}")
-        need(self.model.decoder_dim % self.model.decoder_heads == 0, "model.decoder_dim",
-             f"must be divisible by model.decoder_heads={self.model.decoder_heads}")
+        need(
+            self.model.proj_dim % self.model.attention_heads == 0,
+            "model.proj_dim",
+            f"must be divisible by model.attention_heads={self.model.attention_heads}",
+        )
+        need(
+            self.model.decoder_dim % self.model.decoder_heads == 0,
+            "model.decoder_dim",
+            f"must be divisible by model.decoder_heads={self.model.decoder_heads}",
+        )
         for name in ("contrastive", "generative", "knowledge", "mlm"):
             need(getattr(self.loss, name) >= 0, f"loss.{name}", "weights must be >= 0 (0 = off)")
-        need(any(getattr(self.loss, n) > 0 for n in ("contrastive", "generative", "knowledge")),
-             "loss.contrastive", "at least one stage-2 term (contrastive, generative, knowledge) "
-             "must be on")
+        need(
+            any(getattr(self.loss, n) > 0 for n in ("contrastive", "generative", "knowledge")),
+            "loss.contrastive",
+            "at least one stage-2 term (contrastive, generative, knowledge) must be on",
+        )
         need(0 < self.stage1.mask_prob < 1, "stage1.mask_prob", "must be in (0, 1)")
         need(0 < self.stage1.holdout < 1, "stage1.holdout", "must be in (0, 1)")
         need(self.stage1.batch_size >= 1, "stage1.batch_size", "must be positive")
         need(self.stage2.batch_size >= 2, "stage2.batch_size", "need at least 2 for contrast")
         need(self.stage2.elite_batch_size >= 0, "stage2.elite_batch_size", "must be >= 0")
-        need(self.stage2.steps > 0 or self.stage2.epochs > 0, "stage2.epochs",
-             "set stage2.epochs or stage2.steps")
+        need(
+            self.stage2.steps > 0 or self.stage2.epochs > 0,
+            "stage2.epochs",
+            "set stage2.epochs or stage2.steps",
+        )
         need(self.train.checkpoint_every >= 1, "train.checkpoint_every", "must be positive")
         need(self.train.grad_clip > 0, "train.grad_clip", "must be positive")
         need(len(self.data.datasets) >= 1, "data.datasets", "name at least one dataset")
@@ -221,6 +242,7 @@ class Config:
 
 
 # -- presets ---------------------------------------------------------------------------------
+
 
 def paper_preset() -> Config:
     """ResNet-50 + Bio_ClinicalBERT at 512 px, V1 optimisation where V2's is unknown."""
@@ -235,17 +257,39 @@ def tiny_preset() -> Config:
     """
     return Config(
         preset="tiny",
-        vision=VisionConfig(arch="resnet_small", layers=(1, 1, 1, 1), width=32,
-                            resolution=128),
-        text=TextConfig(pretrained="", vocab_size=2000, hidden=128, layers=3, heads=2,
-                        intermediate=256, dropout=0.1, max_length=64),
-        model=ModelConfig(decoder_layers=1, decoder_dim=128, decoder_heads=4, decoder_ff=256,
-                          decoder_dropout=0.1, caption_max_length=64),
+        vision=VisionConfig(arch="resnet_small", layers=(1, 1, 1, 1), width=32, resolution=128),
+        text=TextConfig(
+            pretrained="",
+            vocab_size=2000,
+            hidden=128,
+            layers=3,
+            heads=2,
+            intermediate=256,
+            dropout=0.1,
+            max_length=64,
+        ),
+        model=ModelConfig(
+            decoder_layers=1,
+            decoder_dim=128,
+            decoder_heads=4,
+            decoder_ff=256,
+            decoder_dropout=0.1,
+            caption_max_length=64,
+        ),
         loss=LossConfig(),
-        stage1=Stage1Config(steps=80, batch_size=32, lr=1e-3, weight_decay=0.01,
-                            warmup_steps=8, whole_word=True),
-        stage2=Stage2Config(epochs=0.0, steps=450, batch_size=32, elite_batch_size=16,
-                            lr=2e-3, weight_decay=1e-4, warmup_epochs=0.5, augment=True),
+        stage1=Stage1Config(
+            steps=80, batch_size=32, lr=1e-3, weight_decay=0.01, warmup_steps=8, whole_word=True
+        ),
+        stage2=Stage2Config(
+            epochs=0.0,
+            steps=450,
+            batch_size=32,
+            elite_batch_size=16,
+            lr=2e-3,
+            weight_decay=1e-4,
+            warmup_epochs=0.5,
+            augment=True,
+        ),
         data=DataConfig(preload=True, workers=2),
         train=TrainConfig(checkpoint_every=100),
     )
@@ -254,14 +298,16 @@ def tiny_preset() -> Config:
 PRESETS = {"tiny": tiny_preset, "paper": paper_preset}
 
 
-def make_config(preset: str, overrides: dict[str, str] | None = None,
-                data: list[str] | None = None) -> Config:
+def make_config(
+    preset: str, overrides: dict[str, str] | None = None, data: list[str] | None = None
+) -> Config:
     """A preset with ``--set`` overrides and ``--data`` applied, checked."""
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, PRESETS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown keepfit_v2 preset {preset!r}{hint} "
-                          f"(choose from {', '.join(PRESETS)})")
+        raise ConfigError(
+            f"unknown keepfit_v2 preset {preset!r}{hint} (choose from {', '.join(PRESETS)})"
+        )
     config = PRESETS[preset]()
     for key, value in (overrides or {}).items():
         _assign(config, key, value, "--set")
@@ -271,6 +317,7 @@ def make_config(preset: str, overrides: dict[str, str] | None = None,
 
 
 # -- dotted keys -----------------------------------------------------------------------------
+
 
 def keys(config: Config | None = None) -> list[str]:
     """Every settable dotted key, e.g. ``loss.generative``."""
@@ -291,12 +338,17 @@ def _get(config: Config, key: str):
 def _assign(config: Config, key: str, value, source: str) -> None:
     section, dot, name = key.partition(".")
     target = getattr(config, section, None) if dot else None
-    if target is None or not dataclasses.is_dataclass(target) or name not in {
-            f.name for f in dataclasses.fields(target)}:
+    if (
+        target is None
+        or not dataclasses.is_dataclass(target)
+        or name not in {f.name for f in dataclasses.fields(target)}
+    ):
         close = difflib.get_close_matches(key, keys(config), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"{source}: unknown keepfit_v2 config key {key!r}; {hint}"
-                          f"keys are section.name, e.g. loss.generative, stage2.steps")
+        raise ConfigError(
+            f"{source}: unknown keepfit_v2 config key {key!r}; {hint}"
+            f"keys are section.name, e.g. loss.generative, stage2.steps"
+        )
     hint = typing.get_type_hints(type(target))[name]
     setattr(target, name, _coerce(value, hint, key, source))
 

@@ -21,7 +21,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from fundbench.errors import DataError
+from fundbench.api.errors import DataError
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 

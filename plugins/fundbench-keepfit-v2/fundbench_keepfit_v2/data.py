@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fundbench.errors import DataError
-from fundbench.preprocess import PreprocessConfig
+from fundbench.api.errors import DataError
+from fundbench.api.preprocess import PreprocessConfig
 from fundbench_keepfit_v2.config import Config
 from fundbench_keepfit_v2.masking import mask_tokens
 from fundbench_keepfit_v2.text import tokenize
@@ -47,8 +47,14 @@ _CAT_ORDER, _ELITE_ORDER, _PROMPTS, _AUGMENT, _TEXT_ORDER, _MASK = range(6)
 
 def preprocess_config(resolution: int) -> PreprocessConfig:
     """V1/FLAIR preprocessing: keep aspect, zero-pad right/bottom, [0, 1], no mean/std."""
-    return PreprocessConfig(resolution=resolution, mode="pad", pad_anchor="top_left",
-                            interpolation="bilinear", mean=None, std=None)
+    return PreprocessConfig(
+        resolution=resolution,
+        mode="pad",
+        pad_anchor="top_left",
+        interpolation="bilinear",
+        mean=None,
+        std=None,
+    )
 
 
 @dataclass
@@ -72,8 +78,9 @@ class TrainingData:
             self.paths.append(path)
         return index[path]
 
-    def add_categorical(self, source: str, paths, labels, prompts: dict[str, list[str]],
-                        index: dict[str, int]) -> None:
+    def add_categorical(
+        self, source: str, paths, labels, prompts: dict[str, list[str]], index: dict[str, int]
+    ) -> None:
         cat_of = {}
         for label in sorted(set(labels)):
             cat_of[label] = len(self.categories)
@@ -100,8 +107,10 @@ def load_training_data(config: Config, data_root: Path | None = None) -> Trainin
         if Path(entry).expanduser().is_dir():
             read_folder(Path(entry).expanduser(), data, index)
         elif "/" in entry or "\\" in entry:
-            raise DataError(f"--data {entry}: folder not found (give a registered dataset name "
-                            "or an MM-Retinal style folder)")
+            raise DataError(
+                f"--data {entry}: folder not found (give a registered dataset name "
+                "or an MM-Retinal style folder)"
+            )
         else:
             read_registered(entry, data, index, data_root)
     if not data.cat_image and not data.elite_image:
@@ -111,8 +120,8 @@ def load_training_data(config: Config, data_root: Path | None = None) -> Trainin
 
 def read_registered(name: str, data: TrainingData, index: dict, data_root: Path | None) -> None:
     """A fundbench dataset: its TRAIN split only (never val/test)."""
-    from fundbench.datasets import load_dataset
-    from fundbench.prompts import load_prompts
+    from fundbench.data.datasets import load_dataset
+    from fundbench.data.prompts import load_prompts
 
     dataset = load_dataset(name, data_root=data_root)
     train = dataset.split("train")
@@ -121,8 +130,10 @@ def read_registered(name: str, data: TrainingData, index: dict, data_root: Path 
     classes = dataset.classes
     prompt_set = load_prompts(dataset.definition)
     if prompt_set is not None:
-        prompts = {c: [t.format(d) for t in prompt_set.templates
-                       for d in prompt_set.descriptions[c]] for c in classes}
+        prompts = {
+            c: [t.format(d) for t in prompt_set.templates for d in prompt_set.descriptions[c]]
+            for c in classes
+        }
     else:
         prompts = _fallback_prompts(dataset.definition.modality, classes)
     labels = [classes[i] for i in train["label"]]
@@ -151,8 +162,9 @@ def read_folder(folder: Path, data: TrainingData, index: dict) -> None:
 
     csvs = sorted(folder.glob("*.csv"))
     if not csvs:
-        raise DataError(f"{folder}: no *.csv files (expected MM-Retinal style image,caption "
-                        "tables)")
+        raise DataError(
+            f"{folder}: no *.csv files (expected MM-Retinal style image,caption tables)"
+        )
     for csv in csvs:
         try:
             table = pd.read_csv(csv, dtype=str, keep_default_na=False)
@@ -160,8 +172,10 @@ def read_folder(folder: Path, data: TrainingData, index: dict) -> None:
             raise DataError(f"{csv}: cannot parse CSV ({exc})") from None
         image_col = next((c for c in IMAGE_COLUMNS if c in table.columns), None)
         if image_col is None:
-            raise DataError(f"{csv}: no image column (one of {list(IMAGE_COLUMNS)}); "
-                            f"found {list(table.columns)}")
+            raise DataError(
+                f"{csv}: no image column (one of {list(IMAGE_COLUMNS)}); "
+                f"found {list(table.columns)}"
+            )
         if "split" in table.columns:
             table = table[table["split"] == "train"]
         paths = []
@@ -174,8 +188,10 @@ def read_folder(folder: Path, data: TrainingData, index: dict) -> None:
         caption_col = next((c for c in CAPTION_COLUMNS if c in table.columns), None)
         label_col = next((c for c in LABEL_COLUMNS if c in table.columns), None)
         if caption_col is None and label_col is None:
-            raise DataError(f"{csv}: needs a caption column ({list(CAPTION_COLUMNS)}) or a "
-                            f"label column ({list(LABEL_COLUMNS)})")
+            raise DataError(
+                f"{csv}: needs a caption column ({list(CAPTION_COLUMNS)}) or a "
+                f"label column ({list(LABEL_COLUMNS)})"
+            )
         source = f"{folder.name}/{csv.stem}"
         if label_col is not None:
             labels = table[label_col].tolist()
@@ -186,8 +202,9 @@ def read_folder(folder: Path, data: TrainingData, index: dict) -> None:
             data.add_categorical(source, paths, labels, prompts, index)
         if caption_col is not None:
             keep = [i for i, c in enumerate(table[caption_col]) if str(c).strip()]
-            data.add_elite([paths[i] for i in keep],
-                           [table[caption_col].iloc[i] for i in keep], index)
+            data.add_elite(
+                [paths[i] for i in keep], [table[caption_col].iloc[i] for i in keep], index
+            )
     if any(folder.rglob("*.txt")):
         data.texts += folder_sentences(folder)
     data.sources.append(folder.name)
@@ -203,12 +220,14 @@ def _guess_modality(name: str) -> str:
 
 # -- images -----------------------------------------------------------------------------------
 
+
 class ImageSource:
     """Decoded training images as uint8 [3, R, R] tensors (exactly the model's preprocessing
     before the /255), either preloaded once or decoded on demand by a thread pool."""
 
-    def __init__(self, paths: list[str], resolution: int, *, preload: bool, workers: int,
-                 progress=None) -> None:
+    def __init__(
+        self, paths: list[str], resolution: int, *, preload: bool, workers: int, progress=None
+    ) -> None:
         self.paths = paths
         self.pre = preprocess_config(resolution)
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
@@ -236,6 +255,7 @@ class ImageSource:
 
 # -- seeded order and batches -----------------------------------------------------------------
 
+
 def stream(n: int, seed: int, purpose: int, start: int, count: int) -> np.ndarray:
     """Items ``start .. start+count`` of an endless stream of seeded permutations of ``n``."""
     out = []
@@ -243,14 +263,15 @@ def stream(n: int, seed: int, purpose: int, start: int, count: int) -> np.ndarra
     while len(out) < count:
         epoch, offset = divmod(pos, n)
         perm = np.random.default_rng([seed, purpose, epoch]).permutation(n)
-        take = perm[offset:offset + count - len(out)]
+        take = perm[offset : offset + count - len(out)]
         out.extend(take.tolist())
         pos += len(take)
     return np.asarray(out, dtype=np.int64)
 
 
-def balanced_stream(groups: list[np.ndarray], seed: int, purpose: int, start: int,
-                    count: int) -> np.ndarray:
+def balanced_stream(
+    groups: list[np.ndarray], seed: int, purpose: int, start: int, count: int
+) -> np.ndarray:
     """Like :func:`stream`, but every group (dataset) contributes equally: an epoch holds each
     group's items resampled to the largest group's size (seeded permutations, repeated as
     needed), shuffled together."""
@@ -263,13 +284,18 @@ def balanced_stream(groups: list[np.ndarray], seed: int, purpose: int, start: in
         parts = []
         for gi, group in enumerate(groups):
             reps = -(-size // len(group))
-            order = np.concatenate([np.random.default_rng([seed, purpose, epoch, gi, r])
-                                    .permutation(len(group)) for r in range(reps)])[:size]
+            order = np.concatenate(
+                [
+                    np.random.default_rng([seed, purpose, epoch, gi, r]).permutation(len(group))
+                    for r in range(reps)
+                ]
+            )[:size]
             parts.append(group[order])
         items = np.concatenate(parts)
-        items = items[np.random.default_rng([seed, purpose, epoch, len(groups)])
-                      .permutation(len(items))]
-        take = items[offset:offset + count - len(out)]
+        items = items[
+            np.random.default_rng([seed, purpose, epoch, len(groups)]).permutation(len(items))
+        ]
+        take = items[offset : offset + count - len(out)]
         out.extend(take.tolist())
         pos += len(take)
     return np.asarray(out, dtype=np.int64)
@@ -277,16 +303,19 @@ def balanced_stream(groups: list[np.ndarray], seed: int, purpose: int, start: in
 
 def rank_slice(total: int, rank: int, world: int) -> slice:
     if total % world:
-        raise DataError(f"global batch {total} is not divisible by the {world} processes; "
-                        "choose a batch size that is a multiple of WORLD_SIZE")
+        raise DataError(
+            f"global batch {total} is not divisible by the {world} processes; "
+            "choose a batch size that is a multiple of WORLD_SIZE"
+        )
     per = total // world
     return slice(rank * per, (rank + 1) * per)
 
 
 def augment_params(step: int, seed: int, n: int) -> torch.Tensor:
     """Per-image [scale, dx, dy, brightness, contrast] for one global batch."""
-    g = torch.Generator().manual_seed(int(np.random.default_rng([seed, _AUGMENT, step])
-                                          .integers(2**62)))
+    g = torch.Generator().manual_seed(
+        int(np.random.default_rng([seed, _AUGMENT, step]).integers(2**62))
+    )
     u = torch.rand(n, 5, generator=g)
     scale = 0.9 + 0.2 * u[:, 0]
     shift = (u[:, 1:3] - 0.5) * 0.1
@@ -314,8 +343,16 @@ def augment(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 class BatchMaker:
     """Builds the local slice of global batch ``step`` for stage 1 and stage 2."""
 
-    def __init__(self, config: Config, data: TrainingData | None, images: ImageSource | None,
-                 tokenizer, corpus_train: list[str], rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        config: Config,
+        data: TrainingData | None,
+        images: ImageSource | None,
+        tokenizer,
+        corpus_train: list[str],
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.config = config
         self.data = data
         self.images = images
@@ -333,13 +370,22 @@ class BatchMaker:
         b = self.config.stage1.batch_size
         idx = stream(len(self.corpus), self.seed, _TEXT_ORDER, step * b, b)
         enc = tokenize(self.tokenizer, [self.corpus[i] for i in idx], self.config.text.max_length)
-        gen = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, _MASK, step])
-                                                .integers(2**62)))
-        ids, labels = mask_tokens(enc, self.tokenizer, self.config.stage1.mask_prob, gen,
-                                  whole_word=self.config.stage1.whole_word)
+        gen = torch.Generator().manual_seed(
+            int(np.random.default_rng([self.seed, _MASK, step]).integers(2**62))
+        )
+        ids, labels = mask_tokens(
+            enc,
+            self.tokenizer,
+            self.config.stage1.mask_prob,
+            gen,
+            whole_word=self.config.stage1.whole_word,
+        )
         part = rank_slice(b, self.rank, self.world)
-        return {"input_ids": ids[part], "attention_mask": enc["attention_mask"][part],
-                "labels": labels[part]}
+        return {
+            "input_ids": ids[part],
+            "attention_mask": enc["attention_mask"][part],
+            "labels": labels[part],
+        }
 
     # stage 2 -------------------------------------------------------------------------------
     def stage2(self, step: int) -> dict:
@@ -349,8 +395,9 @@ class BatchMaker:
         n_cat = len(d.cat_image)
         if n_cat:
             if self.groups is not None:
-                idx = balanced_stream(self.groups, self.seed, _CAT_ORDER, step * c.batch_size,
-                                      c.batch_size)
+                idx = balanced_stream(
+                    self.groups, self.seed, _CAT_ORDER, step * c.batch_size, c.batch_size
+                )
             else:
                 idx = stream(n_cat, self.seed, _CAT_ORDER, step * c.batch_size, c.batch_size)
             labels = [d.cat_label[i] for i in idx]
@@ -362,9 +409,11 @@ class BatchMaker:
             part = rank_slice(c.batch_size, self.rank, self.world)
             batch.update(
                 cat_images=self.images.get([d.cat_image[i] for i in idx[part]]),
-                cat_ids=enc["input_ids"][part], cat_mask=enc["attention_mask"][part],
+                cat_ids=enc["input_ids"][part],
+                cat_mask=enc["attention_mask"][part],
                 cat_labels=torch.tensor(labels, dtype=torch.long),  # global: for targets
-                cat_aug=augment_params(step, self.seed, c.batch_size)[part])
+                cat_aug=augment_params(step, self.seed, c.batch_size)[part],
+            )
         if d.elite_image and c.elite_batch_size:
             be = c.elite_batch_size
             idx = stream(len(d.elite_image), self.seed, _ELITE_ORDER, step * be, be)
@@ -377,8 +426,11 @@ class BatchMaker:
             part = rank_slice(be, self.rank, self.world)
             batch.update(
                 elite_images=self.images.get([d.elite_image[i] for i in idx[part]]),
-                elite_ids=enc["input_ids"][part], elite_mask=enc["attention_mask"][part],
+                elite_ids=enc["input_ids"][part],
+                elite_mask=enc["attention_mask"][part],
                 elite_labels=caption_ids,
-                caption_ids=dec["input_ids"][part], caption_mask=dec["attention_mask"][part],
-                elite_aug=augment_params(step, self.seed + 1, be)[part])
+                caption_ids=dec["input_ids"][part],
+                caption_mask=dec["attention_mask"][part],
+                elite_aug=augment_params(step, self.seed + 1, be)[part],
+            )
         return batch

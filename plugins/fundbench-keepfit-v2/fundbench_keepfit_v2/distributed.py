@@ -47,8 +47,9 @@ def setup(device: str) -> DistInfo:
             dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
-                                rank=rank, world_size=world)
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world
+        )
     return DistInfo(rank, world, local, dev)
 
 
@@ -77,7 +78,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -128,8 +129,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else \
-                    1.0 / float(self.num_batches_tracked)
+                m = (
+                    self.momentum
+                    if self.momentum is not None
+                    else 1.0 / float(self.num_batches_tracked)
+                )
                 unbiased = var * count / (count - 1).clamp_min(1)
                 self.running_mean.mul_(1 - m).add_(m * mean.detach())
                 self.running_var.mul_(1 - m).add_(m * unbiased.detach())
@@ -143,8 +147,13 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Swap every BatchNorm2d for :class:`GlobalBatchNorm2d` in place (state kept)."""
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
-            new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum,
-                                    child.affine, child.track_running_stats)
+            new = GlobalBatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
             new.load_state_dict(child.state_dict())
             new.to(child.weight.device if child.affine else torch.device("cpu"))
             setattr(module, name, new)

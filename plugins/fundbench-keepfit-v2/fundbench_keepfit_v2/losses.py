@@ -45,8 +45,9 @@ def soft_clip_loss(logits_per_text: torch.Tensor, labels: torch.Tensor) -> torch
 def token_ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of token cross-entropies, number of tokens) over targets != -100."""
     flat = targets.reshape(-1)
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat,
-                            ignore_index=IGNORE, reduction="sum")
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), flat, ignore_index=IGNORE, reduction="sum"
+    )
     return total, (flat != IGNORE).sum()
 
 

@@ -21,8 +21,9 @@ def special_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
     return torch.isin(input_ids, special)
 
 
-def mask_tokens(encoding, tokenizer, prob: float, generator: torch.Generator, *,
-                whole_word: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    encoding, tokenizer, prob: float, generator: torch.Generator, *, whole_word: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(masked input ids, labels) for a padded batch ``encoding`` from the fast tokenizer."""
     ids = encoding["input_ids"].clone()
     special = special_mask(ids, tokenizer) | (encoding["attention_mask"] == 0)
@@ -41,8 +42,9 @@ def mask_tokens(encoding, tokenizer, prob: float, generator: torch.Generator, *,
     return ids, labels
 
 
-def _select_words(encoding, special: torch.Tensor, prob: float,
-                  generator: torch.Generator) -> torch.Tensor:
+def _select_words(
+    encoding, special: torch.Tensor, prob: float, generator: torch.Generator
+) -> torch.Tensor:
     """Select whole words: one draw per word, shared by all its pieces."""
     n, length = special.shape
     draws = torch.rand(n, length, generator=generator)  # one per possible word index

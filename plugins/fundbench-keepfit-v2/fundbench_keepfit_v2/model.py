@@ -31,7 +31,7 @@ from torchvision.models import resnet50
 from torchvision.models.resnet import BasicBlock
 from transformers import BertConfig, BertModel
 
-from fundbench.checkpoints import Allowance, load_strict, read_checkpoint, unwrap
+from fundbench.models.checkpoints import Allowance, load_strict, read_checkpoint, unwrap
 from fundbench_keepfit_v2.config import Config
 
 
@@ -68,7 +68,8 @@ class SmallResNet(nn.Module):
         if stride != 1 or self.inplanes != planes:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes))
+                nn.BatchNorm2d(planes),
+            )
         layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes
         layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
@@ -171,35 +172,50 @@ class CaptionDecoder(nn.Module):
         self.visual_pos = nn.Parameter(torch.zeros(1, grid * grid, m.decoder_dim))
         self.token_embed = nn.Embedding(vocab_size, m.decoder_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, m.caption_max_length, m.decoder_dim))
-        layer = nn.TransformerDecoderLayer(m.decoder_dim, m.decoder_heads, m.decoder_ff,
-                                           m.decoder_dropout, batch_first=True, norm_first=True)
+        layer = nn.TransformerDecoderLayer(
+            m.decoder_dim,
+            m.decoder_heads,
+            m.decoder_ff,
+            m.decoder_dropout,
+            batch_first=True,
+            norm_first=True,
+        )
         self.decoder = nn.TransformerDecoder(layer, m.decoder_layers)
         self.norm = nn.LayerNorm(m.decoder_dim)
         nn.init.trunc_normal_(self.visual_pos, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.token_embed.weight, std=0.02)
 
-    def forward(self, fmap: torch.Tensor, tokens: torch.Tensor,
-                pad_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, fmap: torch.Tensor, tokens: torch.Tensor, pad_mask: torch.Tensor
+    ) -> torch.Tensor:
         """fmap [N, C, h, w], tokens [N, T] (inputs), pad_mask [N, T] True at padding
         -> logits [N, T, V]."""
         memory = self.visual_proj(fmap.flatten(2).transpose(1, 2))
-        memory = memory + self.visual_pos[:, :memory.shape[1]]
+        memory = memory + self.visual_pos[:, : memory.shape[1]]
         length = tokens.shape[1]
         x = self.token_embed(tokens) + self.pos_embed[:, :length]
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), 1)
-        out = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=pad_mask,
-                           tgt_is_causal=True)
+        out = self.decoder(
+            x, memory, tgt_mask=causal, tgt_key_padding_mask=pad_mask, tgt_is_causal=True
+        )
         return self.norm(out) @ self.token_embed.weight.T
 
 
 def bert_config(config: Config, vocab_size: int, pad_id: int) -> BertConfig:
     """BertConfig for a randomly initialised text encoder (the tiny preset)."""
     t = config.text
-    return BertConfig(vocab_size=vocab_size, hidden_size=t.hidden, num_hidden_layers=t.layers,
-                      num_attention_heads=t.heads, intermediate_size=t.intermediate,
-                      hidden_dropout_prob=t.dropout, attention_probs_dropout_prob=t.dropout,
-                      max_position_embeddings=max(t.max_length, 64), pad_token_id=pad_id)
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=t.hidden,
+        num_hidden_layers=t.layers,
+        num_attention_heads=t.heads,
+        intermediate_size=t.intermediate,
+        hidden_dropout_prob=t.dropout,
+        attention_probs_dropout_prob=t.dropout,
+        max_position_embeddings=max(t.max_length, 64),
+        pad_token_id=pad_id,
+    )
 
 
 class KeepFITV2(nn.Module):
@@ -208,17 +224,21 @@ class KeepFITV2(nn.Module):
     def __init__(self, config: Config, bert: BertModel) -> None:
         super().__init__()
         if bert.config.num_hidden_layers < 2:
-            raise ValueError("the text encoder needs at least 2 layers (pooling uses "
-                             "hidden_states[1], [2] and [-1])")
+            raise ValueError(
+                "the text encoder needs at least 2 layers (pooling uses "
+                "hidden_states[1], [2] and [-1])"
+            )
         self.config = config
         self.vision_model = VisionModel(config)
         self.text_model = TextModel(bert, config.model.proj_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.model.logit_scale_init)))
-        self.attention = MultiHeadAttention(config.model.proj_dim, config.model.attention_heads,
-                                            config.model.attention_dropout)
+        self.attention = MultiHeadAttention(
+            config.model.proj_dim, config.model.attention_heads, config.model.attention_dropout
+        )
         grid = math.ceil(config.vision.resolution / 32)
-        self.caption_decoder = CaptionDecoder(self.vision_model.feature_dim, grid,
-                                              bert.config.vocab_size, config)
+        self.caption_decoder = CaptionDecoder(
+            self.vision_model.feature_dim, grid, bert.config.vocab_size, config
+        )
         self.mlm_head = MLMHead(bert.config)
 
     # -- embeddings ------------------------------------------------------------------------
@@ -247,4 +267,3 @@ class KeepFITV2(nn.Module):
     def forward(self, task, batch):
         """``task(self, batch)``; lets DistributedDataParallel wrap every stage's step."""
         return task(self, batch)
-

@@ -22,14 +22,29 @@ _CAPTION = {
 
 #: Overrides that shrink the tiny preset to a model that trains in about a second.
 TINY_SHAPES = {
-    "vision.resolution": "32", "vision.width": "8",
-    "text.hidden": "32", "text.layers": "2", "text.heads": "2", "text.intermediate": "64",
-    "text.vocab_size": "300", "text.max_length": "32",
-    "model.proj_dim": "16", "model.decoder_dim": "16", "model.decoder_heads": "2",
-    "model.decoder_ff": "32", "model.decoder_layers": "1", "model.caption_max_length": "24",
-    "stage1.batch_size": "8", "stage1.steps": "3", "stage1.warmup_steps": "1",
-    "stage2.batch_size": "8", "stage2.elite_batch_size": "4", "stage2.steps": "6",
-    "stage2.warmup_epochs": "0.2", "data.preload": "true", "data.workers": "1",
+    "vision.resolution": "32",
+    "vision.width": "8",
+    "text.hidden": "32",
+    "text.layers": "2",
+    "text.heads": "2",
+    "text.intermediate": "64",
+    "text.vocab_size": "300",
+    "text.max_length": "32",
+    "model.proj_dim": "16",
+    "model.decoder_dim": "16",
+    "model.decoder_heads": "2",
+    "model.decoder_ff": "32",
+    "model.decoder_layers": "1",
+    "model.caption_max_length": "24",
+    "stage1.batch_size": "8",
+    "stage1.steps": "3",
+    "stage1.warmup_steps": "1",
+    "stage2.batch_size": "8",
+    "stage2.elite_batch_size": "4",
+    "stage2.steps": "6",
+    "stage2.warmup_epochs": "0.2",
+    "data.preload": "true",
+    "data.workers": "1",
     "train.threads": "1",
 }
 
@@ -54,7 +69,13 @@ def make_toy_folder(root: str | Path, per_class: int = 8, size: int = 48, seed: 
             rel = f"images/{name}_{i:02d}.png"
             image.save(root / rel)
             eye = "right eye" if i % 2 else "left eye"
-            rows.append({"image": rel, "label": name, "split": "train",
-                         "caption": _CAPTION[name].format(eye=eye, n=n)})
+            rows.append(
+                {
+                    "image": rel,
+                    "label": name,
+                    "split": "train",
+                    "caption": _CAPTION[name].format(eye=eye, n=n),
+                }
+            )
     pd.DataFrame(rows).to_csv(root / "toy_cfp.csv", index=False)
     return root

@@ -16,14 +16,19 @@ from fundbench_flair.text import TOKENIZER_ENV, tokenize  # noqa: F401 - shared 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-from fundbench.checkpoints import resolve_hf_folder
-from fundbench.errors import CheckpointError, ConfigError
+from fundbench.api.errors import CheckpointError, ConfigError
+from fundbench.models.checkpoints import resolve_hf_folder
 from fundbench_keepfit_v2.config import Config
 
 #: Environment variable naming a local Bio_ClinicalBERT folder (shared with ``flair``).
 BERT_PATH_ENV = TOKENIZER_ENV
-SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
-                  "sep_token": "[SEP]", "mask_token": "[MASK]"}
+SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 
 
 def resolve_pretrained(name_or_path: str) -> str:
@@ -44,11 +49,13 @@ def _missing(name: str, exc: Exception) -> ConfigError:
         f"text.pretrained={name!r}: not found locally and fundbench does not download it "
         f"({type(exc).__name__}); provide a folder with config.json, vocab.txt and the weights "
         f"via --set text.pretrained=/path/to/Bio_ClinicalBERT, or {BERT_PATH_ENV}=/path, or put "
-        "it in the Hugging Face cache (HF_HOME); or use --preset tiny")
+        "it in the Hugging Face cache (HF_HOME); or use --preset tiny"
+    )
 
 
-def load_pretrained(config: Config, weights: bool = True
-                    ) -> tuple[PreTrainedTokenizerFast, BertModel | None]:
+def load_pretrained(
+    config: Config, weights: bool = True
+) -> tuple[PreTrainedTokenizerFast, BertModel | None]:
     """Bio_ClinicalBERT (or any local BERT) tokenizer and weights, offline only."""
     from transformers import AutoTokenizer
 
@@ -59,8 +66,9 @@ def load_pretrained(config: Config, weights: bool = True
     except (OSError, ValueError) as exc:
         raise _missing(name, exc) from None
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
-        raise ConfigError(f"text.pretrained={name!r}: needs a fast tokenizer "
-                          f"(got {type(tokenizer).__name__})")
+        raise ConfigError(
+            f"text.pretrained={name!r}: needs a fast tokenizer (got {type(tokenizer).__name__})"
+        )
     tokenizer.model_max_length = config.text.max_length
     if not weights:
         return tokenizer, None
@@ -71,8 +79,9 @@ def load_pretrained(config: Config, weights: bool = True
     return tokenizer, bert
 
 
-def train_wordpiece(sentences: list[str], vocab_size: int,
-                    max_length: int) -> PreTrainedTokenizerFast:
+def train_wordpiece(
+    sentences: list[str], vocab_size: int, max_length: int
+) -> PreTrainedTokenizerFast:
     """A lowercasing BERT WordPiece tokenizer whose vocabulary is learnt from ``sentences``.
 
     Normalisation, pre-tokenisation, the WordPiece model, [CLS]/[SEP] post-processing and
@@ -80,18 +89,21 @@ def train_wordpiece(sentences: list[str], vocab_size: int,
     :func:`wordpiece_vocab` rather than ``WordPieceTrainer``, whose ties between equally
     frequent merges depend on Rust hash-map order and so change from process to process.
     """
-    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                            strip_accents=True, lowercase=True)
+    normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+    )
     pre = pre_tokenizers.BertPreTokenizer()
     vocab = wordpiece_vocab(sentences, vocab_size, normalizer, pre)
     ids = {token: i for i, token in enumerate(vocab)}
-    backend = Tokenizer(models.WordPiece(ids, unk_token=SPECIAL_TOKENS["unk_token"],
-                                         max_input_chars_per_word=100))
+    backend = Tokenizer(
+        models.WordPiece(ids, unk_token=SPECIAL_TOKENS["unk_token"], max_input_chars_per_word=100)
+    )
     backend.normalizer = normalizer
     backend.pre_tokenizer = pre
     backend.post_processor = processors.BertProcessing(
         (SPECIAL_TOKENS["sep_token"], ids[SPECIAL_TOKENS["sep_token"]]),
-        (SPECIAL_TOKENS["cls_token"], ids[SPECIAL_TOKENS["cls_token"]]))
+        (SPECIAL_TOKENS["cls_token"], ids[SPECIAL_TOKENS["cls_token"]]),
+    )
     backend.decoder = decoders.WordPiece(prefix="##")
     return wrap_tokenizer(backend.to_str(), max_length)
 
@@ -165,8 +177,9 @@ def wrap_tokenizer(tokenizer_json: str, max_length: int) -> PreTrainedTokenizerF
         backend = Tokenizer.from_str(tokenizer_json)
     except Exception as exc:  # noqa: BLE001 - corrupt checkpoint field
         raise CheckpointError(f"stored tokenizer cannot be read ({exc})") from None
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length,
-                                        **SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=max_length, **SPECIAL_TOKENS
+    )
     return tokenizer
 
 
@@ -180,9 +193,19 @@ def build_bert(bert_config: dict) -> BertModel:
 
 
 def bert_config_dict(bert: BertModel) -> dict:
-    keep = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-            "intermediate_size", "hidden_act", "hidden_dropout_prob",
-            "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-            "layer_norm_eps", "pad_token_id")
+    keep = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+    )
     full = bert.config.to_dict()
     return {k: full[k] for k in keep if k in full}

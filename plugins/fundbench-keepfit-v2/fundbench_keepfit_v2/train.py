@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from fundbench.atomic import write_json_atomic
-from fundbench.errors import ConfigError, DataError
-from fundbench.progress import console, make_progress
+from fundbench.api.errors import ConfigError, DataError
+from fundbench.util.atomic import write_json_atomic
+from fundbench.util.progress import console, make_progress
 from fundbench_keepfit_v2 import checkpoint as ckpt
 from fundbench_keepfit_v2 import distributed as dist_utils
 from fundbench_keepfit_v2.config import Config, make_config
@@ -63,9 +63,16 @@ TERMS = ("contrastive", "generative", "knowledge")
 
 # -- public entry points ------------------------------------------------------------------
 
-def train(*, preset: str = "tiny", data: list[str] | None = None, out: Path | None = None,
-          resume: bool = False, overrides: dict[str, str] | None = None,
-          device: str = "cpu") -> Path:
+
+def train(
+    *,
+    preset: str = "tiny",
+    data: list[str] | None = None,
+    out: Path | None = None,
+    resume: bool = False,
+    overrides: dict[str, str] | None = None,
+    device: str = "cpu",
+) -> Path:
     """The ``fundbench train keepfit_v2`` recipe; returns the final checkpoint path."""
     config = make_config(preset, overrides, data)
     if out is None:
@@ -73,8 +80,14 @@ def train(*, preset: str = "tiny", data: list[str] | None = None, out: Path | No
     return run(config, Path(out), resume=resume, device=device)
 
 
-def run(config: Config, out: Path, *, resume: bool = False, device: str = "cpu",
-        show_progress: bool = True) -> Path:
+def run(
+    config: Config,
+    out: Path,
+    *,
+    resume: bool = False,
+    device: str = "cpu",
+    show_progress: bool = True,
+) -> Path:
     """Train ``config`` into ``out`` (joining a torchrun process group if there is one)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
@@ -86,6 +99,7 @@ def run(config: Config, out: Path, *, resume: bool = False, device: str = "cpu",
 
 
 # -- schedule ----------------------------------------------------------------------------------
+
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up from 1/warmup to 1 over ``warmup`` steps, then cosine to 0 at ``total``.
@@ -104,13 +118,16 @@ def make_optimizer(params, lr: float, weight_decay: float, warmup: int, total: i
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     rest = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
     return opt, sched
 
 
 # -- per-step computations (run inside DDP's forward) ---------------------------------------
+
 
 def mlm_task(model: KeepFITV2, batch: dict) -> dict:
     logits = model.mlm_logits(batch["input_ids"], batch["attention_mask"])
@@ -186,9 +203,11 @@ def combine_stage2(out: dict, config: Config, world: int) -> tuple[torch.Tensor,
 
 # -- trainer ---------------------------------------------------------------------------------
 
+
 class Trainer:
-    def __init__(self, config: Config, out: Path, info: dist_utils.DistInfo,
-                 show_progress: bool = True) -> None:
+    def __init__(
+        self, config: Config, out: Path, info: dist_utils.DistInfo, show_progress: bool = True
+    ) -> None:
         self.config = config
         self.out = out
         self.info = info
@@ -223,8 +242,10 @@ class Trainer:
         elif resume and final.exists():
             return final  # finished earlier (its last.pt was removed)
         elif not resume and (last.exists() or final.exists()):
-            raise ConfigError(f"{self.out}: already holds a keepfit_v2 run; pass --resume to "
-                              "continue it or choose another --out")
+            raise ConfigError(
+                f"{self.out}: already holds a keepfit_v2 run; pass --resume to "
+                "continue it or choose another --out"
+            )
         if info.main:
             self.out.mkdir(parents=True, exist_ok=True)
             for stale in self.out.glob(".*.tmp"):  # left by a kill during an atomic write
@@ -245,13 +266,15 @@ class Trainer:
         else:
             tok_json = None
             if info.main:
-                tok_json = tokenizer_json(train_wordpiece(corpus_train, c.text.vocab_size,
-                                                          c.text.max_length))
+                tok_json = tokenizer_json(
+                    train_wordpiece(corpus_train, c.text.vocab_size, c.text.max_length)
+                )
             tok_json = dist_utils.broadcast_object(tok_json, info)
             self.tokenizer = wrap_tokenizer(tok_json, c.text.max_length)
             torch.manual_seed(c.train.seed)
-            bert = build_bert(bert_config(c, len(self.tokenizer),
-                                          self.tokenizer.pad_token_id).to_dict())
+            bert = build_bert(
+                bert_config(c, len(self.tokenizer), self.tokenizer.pad_token_id).to_dict()
+            )
         torch.manual_seed(c.train.seed)
         self.model = KeepFITV2(c, bert)
         if state is not None:
@@ -263,13 +286,20 @@ class Trainer:
         self.wrapped = self.model
         if info.enabled:
             self.wrapped = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         with self._status("decoding training images"):
-            self.images = ImageSource(self.data.paths, c.vision.resolution,
-                                      preload=c.data.preload, workers=max(1, c.data.workers))
-        self.maker = BatchMaker(c, self.data, self.images, self.tokenizer, corpus_train,
-                                info.rank, info.world)
+            self.images = ImageSource(
+                self.data.paths,
+                c.vision.resolution,
+                preload=c.data.preload,
+                workers=max(1, c.data.workers),
+            )
+        self.maker = BatchMaker(
+            c, self.data, self.images, self.tokenizer, corpus_train, info.rank, info.world
+        )
         self.plan = self._plan()
         position = ("stage1", 0) if self.plan[0][0] == "stage1" else ("stage2", 0)
         if state is not None:
@@ -297,13 +327,22 @@ class Trainer:
         saved = Config.from_dict(state["config"], source=str(path))
         if saved.digest() != self.config.digest():
             a, b = saved.to_dict(), self.config.to_dict()
-            diffs = [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}" for s in a if isinstance(a[s], dict)
-                     for k in a[s] if a[s][k] != b[s].get(k)]
-            raise ConfigError(f"{path}: --resume with a different config ({'; '.join(diffs[:3])}); "
-                              "rerun with the original settings or a new --out")
+            diffs = [
+                f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}"
+                for s in a
+                if isinstance(a[s], dict)
+                for k in a[s]
+                if a[s][k] != b[s].get(k)
+            ]
+            raise ConfigError(
+                f"{path}: --resume with a different config ({'; '.join(diffs[:3])}); "
+                "rerun with the original settings or a new --out"
+            )
         if int(state.get("world_size", 1)) != self.info.world:
-            raise ConfigError(f"{path}: written by {state.get('world_size')} process(es), resumed "
-                              f"with {self.info.world}; resume with the same WORLD_SIZE")
+            raise ConfigError(
+                f"{path}: written by {state.get('world_size')} process(es), resumed "
+                f"with {self.info.world}; resume with the same WORLD_SIZE"
+            )
 
     def _seed_everything(self) -> None:
         seed = self.config.train.seed
@@ -328,9 +367,11 @@ class Trainer:
         steps = c.stage2.steps or max(1, round(c.stage2.epochs * per_epoch))
         warmup = min(steps, round(c.stage2.warmup_epochs * per_epoch))
         if (c.loss.generative > 0 or c.loss.knowledge > 0) and not self.data.elite_image:
-            raise DataError(f"data.datasets={list(c.data.datasets)}: no elite image-text pairs "
-                            "for the generative/knowledge terms; add captioned data or set "
-                            "loss.generative=0 loss.knowledge=0")
+            raise DataError(
+                f"data.datasets={list(c.data.datasets)}: no elite image-text pairs "
+                "for the generative/knowledge terms; add captioned data or set "
+                "loss.generative=0 loss.knowledge=0"
+            )
         plan.append(("stage2", steps, warmup))
         return plan
 
@@ -351,23 +392,31 @@ class Trainer:
             self._finish()
             return True
         names = [p[0] for p in self.plan]
-        for name, steps, warmup in self.plan[names.index(stage):]:
+        for name, steps, warmup in self.plan[names.index(stage) :]:
             start = step if name == stage else 0
             if name == "stage1":
-                params = list(self.model.text_model.model.parameters()) + \
-                    list(self.model.mlm_head.parameters())
-                opt, sched = make_optimizer(params, c.stage1.lr, c.stage1.weight_decay,
-                                            warmup, steps)
+                params = list(self.model.text_model.model.parameters()) + list(
+                    self.model.mlm_head.parameters()
+                )
+                opt, sched = make_optimizer(
+                    params, c.stage1.lr, c.stage1.weight_decay, warmup, steps
+                )
                 if start == 0:
                     self.history["mlm_holdout_before"] = self.holdout_mlm()
-                    self._event("mlm_holdout", when="before", stage=name,
-                                loss=self.history["mlm_holdout_before"],
-                                at=self.global_step(name, 0))
+                    self._event(
+                        "mlm_holdout",
+                        when="before",
+                        stage=name,
+                        loss=self.history["mlm_holdout_before"],
+                        at=self.global_step(name, 0),
+                    )
             else:
-                params = [p for n, p in self.model.named_parameters()
-                          if not n.startswith("mlm_head.")]
-                opt, sched = make_optimizer(params, c.stage2.lr, c.stage2.weight_decay,
-                                            warmup, steps)
+                params = [
+                    p for n, p in self.model.named_parameters() if not n.startswith("mlm_head.")
+                ]
+                opt, sched = make_optimizer(
+                    params, c.stage2.lr, c.stage2.weight_decay, warmup, steps
+                )
             if state is not None and name == stage and start > 0:
                 opt.load_state_dict(state["optimizer"])
                 sched.load_state_dict(state["scheduler"])
@@ -376,25 +425,32 @@ class Trainer:
                 return False
             if name == "stage1":
                 self.history["mlm_holdout_after"] = self.holdout_mlm()
-                self._event("mlm_holdout", when="after", stage=name,
-                            loss=self.history["mlm_holdout_after"],
-                            at=self.global_step(name, steps))
+                self._event(
+                    "mlm_holdout",
+                    when="after",
+                    stage=name,
+                    loss=self.history["mlm_holdout_after"],
+                    at=self.global_step(name, steps),
+                )
                 nxt = "stage2"
                 self._checkpoint(nxt, 0, None, None)
         self._checkpoint("done", 0, None, None)
         self._finish()
         return True
 
-    def _run_stage(self, name: str, start: int, steps: int, opt, sched, params,
-                   stop_after: int) -> bool:
+    def _run_stage(
+        self, name: str, start: int, steps: int, opt, sched, params, stop_after: int
+    ) -> bool:
         """Steps ``start .. steps`` of one stage; True if stopped early by train.stop_after."""
         c, info = self.config, self.info
         make = self.maker.stage1 if name == "stage1" else self.maker.stage2
         use_amp = self.device.type == "cuda"
         self.model.train()
         progress = make_progress() if self.show_progress else None
-        label = {"stage1": "stage 1: textual pretraining (MLM)",
-                 "stage2": "stage 2: hybrid knowledge injection"}[name]
+        label = {
+            "stage1": "stage 1: textual pretraining (MLM)",
+            "stage2": "stage 2: hybrid knowledge injection",
+        }[name]
         from concurrent.futures import ThreadPoolExecutor
 
         prefetch = ThreadPoolExecutor(max_workers=1)
@@ -425,8 +481,9 @@ class Trainer:
                     loss, logged = combine_stage2(out, c, info.world)
                     total = sum(getattr(c.loss, t) * logged[t] for t in TERMS if t in logged)
                     rate_key = "images_per_s"
-                    n_items = c.stage2.batch_size * ("cat_images" in batch) + \
-                        c.stage2.elite_batch_size * ("elite_images" in batch)
+                    n_items = c.stage2.batch_size * (
+                        "cat_images" in batch
+                    ) + c.stage2.elite_batch_size * ("elite_images" in batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, c.train.grad_clip)
@@ -436,21 +493,31 @@ class Trainer:
                 with torch.no_grad():
                     self.model.logit_scale.clamp_(0.0, math.log(100.0))
                 if not math.isfinite(total):
-                    raise FloatingPointError(f"{name} step {step + 1}: loss is {total}; "
-                                             "lower the learning rate")
+                    raise FloatingPointError(
+                        f"{name} step {step + 1}: loss is {total}; lower the learning rate"
+                    )
                 dt = time.perf_counter() - t0
                 self.elapsed += dt
                 g = self.global_step(name, step + 1)
                 if info.main and (g % c.train.log_every == 0 or step + 1 == steps):
-                    self._write_log({"step": g, "stage": name, "stage_step": step + 1,
-                                     "loss": total, "terms": logged, "lr": lr,
-                                     "grad_norm": float(grad_norm),
-                                     "logit_scale": float(self.model.logit_scale.detach().exp()),
-                                     rate_key: n_items / dt if dt > 0 else None,
-                                     "step_s": dt})
+                    self._write_log(
+                        {
+                            "step": g,
+                            "stage": name,
+                            "stage_step": step + 1,
+                            "loss": total,
+                            "terms": logged,
+                            "lr": lr,
+                            "grad_norm": float(grad_norm),
+                            "logit_scale": float(self.model.logit_scale.detach().exp()),
+                            rate_key: n_items / dt if dt > 0 else None,
+                            "step_s": dt,
+                        }
+                    )
                 if progress is not None:
-                    progress.update(task, completed=step + 1,
-                                    description=f"{label} loss {total:.3f}")
+                    progress.update(
+                        task, completed=step + 1, description=f"{label} loss {total:.3f}"
+                    )
                 last_step = step + 1 == steps
                 if g % c.train.checkpoint_every == 0 and not last_step:
                     self._checkpoint(name, step + 1, opt, sched)
@@ -474,7 +541,8 @@ class Trainer:
             for images, params in (("cat_images", "cat_aug"), ("elite_images", "elite_aug")):
                 if images in out:
                     out[images] = augment(out[images], out[params]).contiguous(
-                        memory_format=torch.channels_last)
+                        memory_format=torch.channels_last
+                    )
         return out
 
     # -- evaluation of stage 1 -------------------------------------------------------------
@@ -488,11 +556,13 @@ class Trainer:
         total, count = 0.0, 0
         texts = self.corpus_held
         for i in range(0, len(texts), 64):
-            enc = tokenize(self.tokenizer, texts[i:i + 64], c.text.max_length)
-            ids, labels = mask_tokens(enc, self.tokenizer, c.stage1.mask_prob, gen,
-                                      whole_word=c.stage1.whole_word)
-            logits = self.model.mlm_logits(ids.to(self.device),
-                                           enc["attention_mask"].to(self.device))
+            enc = tokenize(self.tokenizer, texts[i : i + 64], c.text.max_length)
+            ids, labels = mask_tokens(
+                enc, self.tokenizer, c.stage1.mask_prob, gen, whole_word=c.stage1.whole_word
+            )
+            logits = self.model.mlm_logits(
+                ids.to(self.device), enc["attention_mask"].to(self.device)
+            )
             s, n = token_ce_sum(logits, labels.to(self.device))
             total += float(s)
             count += int(n)
@@ -525,8 +595,11 @@ class Trainer:
 
     def _rng_state(self) -> dict:
         numpy_state = np.random.get_state()
-        state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-                 "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]}
+        state = {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        }
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -538,38 +611,52 @@ class Trainer:
         mine = states[self.info.rank]
         random.setstate(_as_tuple(mine["python"]))
         np_state = mine["numpy"]
-        np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32),
-                             *np_state[2:]))
+        np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
         torch.set_rng_state(mine["torch"])
         if "cuda" in mine and self.device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda"], self.device)
 
     def _common(self) -> dict:
-        return {"config": self.config.to_dict(),
-                "bert_config": bert_config_dict(self.model.text_model.model),
-                "tokenizer": tokenizer_json(self.tokenizer),
-                "pretraining_datasets": list(self.data.sources)}
+        return {
+            "config": self.config.to_dict(),
+            "bert_config": bert_config_dict(self.model.text_model.model),
+            "tokenizer": tokenizer_json(self.tokenizer),
+            "pretraining_datasets": list(self.data.sources),
+        }
 
     def _checkpoint(self, stage: str, step: int, opt, sched) -> None:
         rng = dist_utils.gather_objects(self._rng_state(), self.info)
         if not self.info.main:
             return
-        ckpt.save(self.out / LAST, {
-            "kind": "training", **self._common(), "model": self._cpu_state(),
-            "optimizer": opt.state_dict() if opt is not None else None,
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "stage": stage, "stage_step": step, "global_step": self.global_step(stage, step),
-            "data_position": self._data_position(stage, step), "rng": rng,
-            "world_size": self.info.world, "elapsed_s": self.elapsed, "history": self.history})
+        ckpt.save(
+            self.out / LAST,
+            {
+                "kind": "training",
+                **self._common(),
+                "model": self._cpu_state(),
+                "optimizer": opt.state_dict() if opt is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "stage": stage,
+                "stage_step": step,
+                "global_step": self.global_step(stage, step),
+                "data_position": self._data_position(stage, step),
+                "rng": rng,
+                "world_size": self.info.world,
+                "elapsed_s": self.elapsed,
+                "history": self.history,
+            },
+        )
 
     def _data_position(self, stage: str, step: int) -> dict:
         c = self.config
         if stage == "stage1":
             return {"stream": "corpus", "items_consumed": step * c.stage1.batch_size}
         if stage == "stage2":
-            return {"stream": "categorical+elite",
-                    "categorical_consumed": step * c.stage2.batch_size,
-                    "elite_consumed": step * c.stage2.elite_batch_size}
+            return {
+                "stream": "categorical+elite",
+                "categorical_consumed": step * c.stage2.batch_size,
+                "elite_consumed": step * c.stage2.elite_batch_size,
+            }
         return {}
 
     def _cpu_state(self) -> dict:
@@ -578,17 +665,25 @@ class Trainer:
     def _finish(self) -> None:
         if not self.info.main:
             return
-        summary = {"preset": self.config.preset, "config_digest": self.config.digest(),
-                   "train_s": round(self.elapsed, 3),
-                   "session_wall_s": round(time.perf_counter() - self.started, 3),
-                   "world_size": self.info.world,
-                   "steps": {name: steps for name, steps, _ in self.plan},
-                   "pretraining_datasets": list(self.data.sources),
-                   "images": {"categorical": len(self.data.cat_image),
-                              "elite": len(self.data.elite_image)},
-                   "corpus_heldout_sentences": len(self.corpus_held), **self.history}
-        ckpt.save(self.out / FINAL, {"kind": "model", **self._common(),
-                                     "model": self._cpu_state(), "summary": summary})
+        summary = {
+            "preset": self.config.preset,
+            "config_digest": self.config.digest(),
+            "train_s": round(self.elapsed, 3),
+            "session_wall_s": round(time.perf_counter() - self.started, 3),
+            "world_size": self.info.world,
+            "steps": {name: steps for name, steps, _ in self.plan},
+            "pretraining_datasets": list(self.data.sources),
+            "images": {
+                "categorical": len(self.data.cat_image),
+                "elite": len(self.data.elite_image),
+            },
+            "corpus_heldout_sentences": len(self.corpus_held),
+            **self.history,
+        }
+        ckpt.save(
+            self.out / FINAL,
+            {"kind": "model", **self._common(), "model": self._cpu_state(), "summary": summary},
+        )
         write_json_atomic(self.out / SUMMARY, summary)
 
 

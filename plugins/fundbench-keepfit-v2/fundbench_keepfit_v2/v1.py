@@ -38,4 +38,3 @@ class KeepFITV1Model(FlairFamilyModel):
     reader = "keepfit_array"
     pretraining_datasets = (*FLAIR_PRETRAINING, "MM-Retinal")
     modalities = frozenset({"cfp"})
-

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from fundbench import Model
-from fundbench.checkpoints import weights_digest
-from fundbench.errors import ConfigError
-from fundbench.paths import cache_dir
+from fundbench.api.errors import ConfigError
+from fundbench.models.checkpoints import weights_digest
+from fundbench.util.paths import cache_dir
 from fundbench_keepfit_v2.checkpoint import load_model
 from fundbench_keepfit_v2.config import make_config
 from fundbench_keepfit_v2.data import preprocess_config
@@ -93,4 +93,3 @@ class KeepFITV2Model(Model):
         return self.net.encode_text(
             enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         )
-

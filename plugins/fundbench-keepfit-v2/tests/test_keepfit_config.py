@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fundbench_keepfit_v2.config import Config, keys, make_config
 
-from fundbench.errors import ConfigError
+from fundbench.api.errors import ConfigError
 
 
 def test_presets_differ_where_they_should():

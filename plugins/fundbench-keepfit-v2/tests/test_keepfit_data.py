@@ -16,13 +16,13 @@ from fundbench_keepfit_v2.data import (
 from fundbench_keepfit_v2.testing import TINY_SHAPES, make_toy_folder
 from fundbench_keepfit_v2.text import train_wordpiece
 
-from fundbench.errors import DataError
+from fundbench.api.errors import DataError
 
 
 def test_stream_is_a_sequence_of_permutations_and_resumable():
     full = stream(7, seed=3, purpose=0, start=0, count=21)
     for epoch in range(3):
-        assert sorted(full[epoch * 7:(epoch + 1) * 7]) == list(range(7))
+        assert sorted(full[epoch * 7 : (epoch + 1) * 7]) == list(range(7))
     assert not np.array_equal(full[:7], full[7:14])
     # any window equals the same slice of the whole stream: a resumed run sees the same data
     assert np.array_equal(stream(7, 3, 0, 5, 9), full[5:14])
@@ -63,8 +63,10 @@ def test_rank_slices_make_up_the_global_batch(toy):
     images = ImageSource(data.paths, config.vision.resolution, preload=True, workers=1)
     tok = train_wordpiece(data.texts, 200, 32)
     whole = BatchMaker(config, data, images, tok, data.texts).stage2(3)
-    parts = [BatchMaker(config, data, images, tok, data.texts, rank=r, world=2).stage2(3)
-             for r in range(2)]
+    parts = [
+        BatchMaker(config, data, images, tok, data.texts, rank=r, world=2).stage2(3)
+        for r in range(2)
+    ]
     assert torch.equal(torch.cat([p["cat_images"] for p in parts]), whole["cat_images"])
     assert torch.equal(torch.cat([p["cat_ids"] for p in parts]), whole["cat_ids"])
     assert torch.equal(torch.cat([p["caption_ids"] for p in parts]), whole["caption_ids"])

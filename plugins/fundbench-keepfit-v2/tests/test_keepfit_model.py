@@ -17,8 +17,8 @@ from fundbench_keepfit_v2.text import BERT_PATH_ENV, build_bert, load_pretrained
 from fundbench_keepfit_v2.train import run
 from fundbench_keepfit_v2.v2 import KeepFITV2Model
 
-from fundbench.errors import CheckpointError, ConfigError
-from fundbench.model import file_digest
+from fundbench.api.errors import CheckpointError, ConfigError
+from fundbench.api.model import file_digest
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +207,12 @@ def test_missing_bio_clinicalbert_is_a_clear_config_error(tmp_path, monkeypatch)
 def test_factory_trains_once_into_the_cache_and_reuses_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FUNDBENCH_CACHE", str(tmp_path / "cache"))
     folder = make_toy_folder(tmp_path / "toy", per_class=4)
-    options = {**TINY_SHAPES, "data.datasets": str(folder), "stage1.steps": "1",
-               "stage2.steps": "2"}
+    options = {
+        **TINY_SHAPES,
+        "data.datasets": str(folder),
+        "stage1.steps": "1",
+        "stage2.steps": "2",
+    }
     first = KeepFITV2Model(**options)
     path = first.checkpoint_path
     assert path.is_file() and path.is_relative_to(tmp_path / "cache" / "keepfit_v2")
@@ -223,7 +227,7 @@ def test_factory_trains_once_into_the_cache_and_reuses_it(tmp_path, monkeypatch)
 
 
 def test_plugin_registers_model_and_trainer():
-    from fundbench.host import get_host
+    from fundbench.host.loading import get_host
 
     host = get_host()
     assert host.models.get("keepfit_v2").obj is KeepFITV2Model
@@ -236,7 +240,7 @@ def test_plugin_registers_model_and_trainer():
 def test_training_options_cannot_be_combined_with_weights(tmp_path):
     from fundbench_keepfit_v2.v2 import KeepFITV2Model
 
-    from fundbench.errors import ConfigError
+    from fundbench.api.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"options stage2\.steps configure training"):
         KeepFITV2Model(weights=str(tmp_path / "never_read.pt"), **{"stage2.steps": 5})

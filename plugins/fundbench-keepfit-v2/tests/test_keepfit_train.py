@@ -19,7 +19,7 @@ from fundbench_keepfit_v2.data import load_training_data
 from fundbench_keepfit_v2.testing import TINY_SHAPES, make_toy_folder
 from fundbench_keepfit_v2.train import LAST, LOG, SUMMARY, run
 
-from fundbench.errors import ConfigError
+from fundbench.api.errors import ConfigError
 
 NO_DROPOUT = {"text.dropout": "0", "model.attention_dropout": "0", "model.decoder_dropout": "0"}
 

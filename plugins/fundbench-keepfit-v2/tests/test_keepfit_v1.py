@@ -23,8 +23,8 @@ from fundbench_flair.testing import (
 from fundbench_flair.text import TOKENIZER_ENV
 from fundbench_keepfit_v2.v1 import KeepFITV1Model, KeepFITV1Network
 
-from fundbench.errors import CheckpointError
-from fundbench.results import iter_records
+from fundbench.api.errors import CheckpointError
+from fundbench.runs.records import iter_records
 
 TEXTS = ["normal", "a few small red dots", "many haemorrhages and exudates with signs of lesion"]
 

@@ -10,7 +10,7 @@ import timm
 import torch
 
 from fundbench import Model, PreprocessConfig
-from fundbench.model import state_dict_digest
+from fundbench.api.model import state_dict_digest
 
 
 class RandomInitModel(Model):
@@ -29,4 +29,3 @@ class RandomInitModel(Model):
 
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         return self.encoder(batch)
-

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from fundbench_random_init.model import RandomInitModel
 
-from fundbench.host import Host
+from fundbench.host.loading import Host
 
 
 def test_registered_by_this_distribution_without_importing_the_model():

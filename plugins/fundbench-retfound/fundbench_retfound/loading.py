@@ -9,8 +9,9 @@ Facts from the project's RETFound reference notes, ``retfound.md`` (cited as "re
   ``vit_large_patch14_dinov2`` at 224 px with token pooling (CLS after the final norm); the
   release is ``{'teacher': sd}`` with ``backbone.`` prefixes and a 37x37 ``pos_embed``.
 
-Everything a file may leave out or carry extra is an :class:`~fundbench.checkpoints.Allowance`
-below; anything else fails with one line naming the file and keys.
+Everything a file may leave out or carry extra is an
+:class:`~fundbench.models.checkpoints.Allowance` below; anything else fails with one line
+naming the file and keys.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 import timm
 import torch
 
-from fundbench.checkpoints import (
+from fundbench.api.errors import CheckpointError, ConfigError
+from fundbench.models.checkpoints import (
     Allowance,
     check_state_dict,
     interpolate_pos_embed,
@@ -30,7 +32,6 @@ from fundbench.checkpoints import (
     strip_prefix,
     unwrap,
 )
-from fundbench.errors import CheckpointError, ConfigError
 
 #: timm architectures (ref. §1.2): the MAE ViT-L/16 and the DINOv2 ViT-L/14.
 MAE_ARCH = "vit_large_patch16_224"

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from fundbench import Model, PreprocessConfig
-from fundbench.checkpoints import weights_digest
+from fundbench.models.checkpoints import weights_digest
 from fundbench_retfound.loading import build_encoder, load_checkpoint
 
 #: What each model was pre-trained on (ref. §1.4, §1.5). The newer cohort files
@@ -102,4 +102,3 @@ def retfound_oct(weights: str, resolution: int = 224, device: str = "cpu") -> RE
 def retfound_dinov2(weights: str, resolution: int = 224, device: str = "cpu") -> RETFoundModel:
     """RETFound DINOv2 for colour fundus photographs."""
     return RETFoundModel(weights, "dinov2", "cfp", "retfound_dinov2", resolution, device)
-

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from fundbench import load_results
-from fundbench.errors import CheckpointError, ConfigError
-from fundbench.host import Host
-from fundbench.registry import PluginInfo
-from fundbench.results import iter_records
+from fundbench.api.errors import CheckpointError, ConfigError
+from fundbench.host.loading import Host
+from fundbench.host.registry import PluginInfo
+from fundbench.runs.records import iter_records
 
 DIM, DEPTH, HEADS = 1024, 24, 16
 MAE_BLOCK_KEYS = (
@@ -485,7 +485,10 @@ def test_resolution_option_interpolates_pos_embed_and_drops_the_crop(
 # --- 4. the command line ------------------------------------------------------------------
 def _fundbench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fundbench.cli", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "fundbench.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -1,0 +1,312 @@
+"""Typed definitions of datasets, tasks and suites, read from YAML (tasks as data).
+
+Each loader checks the mapping and names the file and the key on any problem, so a typo in
+a definition is one clear line, not a KeyError deep inside a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fundbench.api.errors import ConfigError
+from fundbench.api.modalities import MODALITIES
+
+PROTOCOLS = ("zero_shot", "few_shot", "linear_probe")
+
+
+def _require(data: dict, key: str, source: str) -> Any:
+    if key not in data:
+        raise ConfigError(f"{source}: missing key {key!r}")
+    return data[key]
+
+
+def _check_keys(data: dict, allowed: set[str], source: str) -> None:
+    unknown = sorted(set(data) - allowed, key=str)  # YAML keys may mix types (1, 'a')
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+# Typed readers of one value each: a wrong type is one line naming the file and the key,
+# never a TypeError from ``tuple(5)`` or a string silently split into its characters.
+
+
+def _mapping(value: Any, key: str, source: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: key {key!r} must be a mapping, got {_kind(value)}")
+    return value
+
+
+def _text(value: Any, key: str, source: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: key {key!r} must be a string, got {_kind(value)}")
+    return value
+
+
+def _name(value: Any, key: str, source: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{source}: key {key!r} must be a non-empty name, got {value!r:.80}")
+    return value
+
+
+def _names(value: Any, key: str, source: str, *, empty: bool = False) -> tuple[str, ...]:
+    if value is None and empty:
+        return ()
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, str) and v.strip() for v in value
+    ):
+        raise ConfigError(f"{source}: key {key!r} must be a list of names, got {value!r:.80}")
+    if not value and not empty:
+        raise ConfigError(f"{source}: key {key!r} must list at least one name")
+    return tuple(value)
+
+
+def _integer(value: Any, key: str, source: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(
+            f"{source}: key {key!r} must be an integer >= {minimum}, got {value!r:.80}"
+        )
+    return int(value)
+
+
+def _fraction(value: Any, key: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ConfigError(f"{source}: key {key!r} must be a number from 0 to 1, got {value!r:.80}")
+    return float(value)
+
+
+def _flag(value: Any, key: str, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r:.80}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def digest_of(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetDefinition:
+    """One dataset: its classes, modality and how to read it from disk (``format``)."""
+
+    id: str
+    name: str
+    modality: str
+    classes: tuple[str, ...]
+    format: str
+    options: dict = field(default_factory=dict)
+    ordinal: bool = False
+    prompts: str | None = None
+    description: str = ""
+    citation: str = ""
+    license: str = ""
+    #: raw label (as the reader reports it, e.g. "2") -> class name; null drops the image.
+    #: Empty: the reader already reports class names.
+    labels: dict = field(default_factory=dict)
+    #: how to split when the layout has no official split (or no val split): fractions of
+    #: patients for val/test and the seed, e.g. {val: 0.1, test: 0.3, seed: 0}
+    splits: dict = field(default_factory=dict)
+    #: where to get the data (shown when it is missing)
+    download: str = ""
+    #: model names whose published pretraining corpus contains this dataset
+    seen_by: tuple[str, ...] = ()
+    #: other names of the dataset (matched against models' ``pretraining_datasets``)
+    aliases: tuple[str, ...] = ()
+    source: str = "<python>"
+
+    @classmethod
+    def from_mapping(cls, data: dict, source: str = "<python>") -> DatasetDefinition:
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
+        fields = {f for f in cls.__dataclass_fields__ if f != "source"}
+        _check_keys(data, fields, source)
+        modality = _require(data, "modality", source)
+        if not isinstance(modality, str) or modality not in MODALITIES:
+            raise ConfigError(f"{source}: modality {modality!r} is not one of {sorted(MODALITIES)}")
+        classes = _names(_require(data, "classes", source), "classes", source)
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ConfigError(f"{source}: 'classes' needs two or more distinct names")
+        labels = {str(k): v for k, v in _mapping(data.get("labels"), "labels", source).items()}
+        odd = [v for v in labels.values() if v is not None and not isinstance(v, str)]
+        if odd:
+            raise ConfigError(
+                f"{source}: 'labels' must map raw labels to class names or null, got {odd[0]!r}"
+            )
+        stray = sorted({v for v in labels.values() if v is not None} - set(classes))
+        if stray:
+            raise ConfigError(f"{source}: 'labels' maps to {stray}, which are not in 'classes'")
+        splits = dict(_mapping(data.get("splits"), "splits", source))
+        _check_keys(splits, {"val", "test", "seed"}, f"{source} (splits)")
+        for key in ("val", "test"):
+            if key in splits:
+                _fraction(splits[key], f"splits.{key}", source)
+        if splits.get("val", 0) + splits.get("test", 0) > 1:
+            raise ConfigError(f"{source}: splits val + test must be at most 1")
+        if "seed" in splits:
+            _integer(splits["seed"], "splits.seed", source, 0)
+        prompts = data.get("prompts")
+        ident = _name(_require(data, "id", source), "id", source)
+        return cls(
+            id=ident,
+            name=_text(data.get("name", ident), "name", source),
+            modality=modality,
+            classes=classes,
+            format=_name(_require(data, "format", source), "format", source),
+            options=dict(_mapping(data.get("options"), "options", source)),
+            ordinal=_flag(data.get("ordinal", False), "ordinal", source),
+            prompts=None if prompts is None else _text(prompts, "prompts", source),
+            description=_text(data.get("description", ""), "description", source),
+            citation=_text(data.get("citation", ""), "citation", source),
+            license=_text(data.get("license", ""), "license", source),
+            labels=labels,
+            splits=splits,
+            download=_text(data.get("download", ""), "download", source),
+            seen_by=_names(data.get("seen_by"), "seen_by", source, empty=True),
+            aliases=_names(data.get("aliases"), "aliases", source, empty=True),
+            source=source,
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def names(self) -> set[str]:
+        """Its id, name and aliases, normalised (lower case, letters and digits only), for
+        matching against the names models give for their pretraining data."""
+        return {normalise_name(n) for n in (self.id, self.name, *self.aliases)}
+
+
+def normalise_name(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """A protocol with its settings, e.g. few-shot with K in {1,2,4,8,16} over 5 seeds."""
+
+    name: str
+    protocol: str
+    adapters: tuple[str, ...]
+    shots: tuple[int, ...] = ()
+    seeds: int = 1
+    bootstrap: int = 1000
+    description: str = ""
+    #: FLAIR/KeepFIT's per-class re-splits instead of the dataset's splits:
+    #: {test: 0.2, train: 0.8 (default: the rest), folds: 5}. Fold f shuffles each class with
+    #: seed f, takes the first ``test`` share as test and the next ``train`` share as train.
+    resplit: dict | None = None
+    source: str = "<python>"
+
+    @classmethod
+    def from_mapping(cls, data: dict, source: str = "<python>") -> TaskDefinition:
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
+        _check_keys(data, {f for f in cls.__dataclass_fields__ if f != "source"}, source)
+        protocol = _require(data, "protocol", source)
+        if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+            raise ConfigError(f"{source}: protocol {protocol!r} is not one of {list(PROTOCOLS)}")
+        shots = data.get("shots", ())
+        if not isinstance(shots, list | tuple):
+            raise ConfigError(f"{source}: key 'shots' must be a list of integers >= 1")
+        shots = tuple(_integer(k, "shots", source, 1) for k in shots)
+        if protocol == "few_shot" and not shots:
+            raise ConfigError(f"{source}: a few_shot task needs 'shots'")
+        resplit = data.get("resplit")
+        if resplit is not None:
+            resplit = _mapping(resplit, "resplit", source)
+            _check_keys(resplit, {"test", "train", "folds"}, f"{source} (resplit)")
+            test = _fraction(resplit.get("test", 0.2), "resplit.test", source)
+            train = _fraction(resplit.get("train", 1.0 - test), "resplit.train", source)
+            if not (0 < test <= 1 and 0 <= train <= 1 - test + 1e-9):
+                raise ConfigError(f"{source}: resplit needs 0 < test <= 1 and train <= 1 - test")
+            folds = _integer(resplit.get("folds", 1), "resplit.folds", source, 1)
+            resplit = {"test": test, "train": train, "folds": folds}
+        return cls(
+            name=_name(_require(data, "name", source), "name", source),
+            protocol=protocol,
+            adapters=_names(_require(data, "adapters", source), "adapters", source),
+            shots=shots,
+            seeds=_integer(data.get("seeds", 1), "seeds", source, 1),
+            bootstrap=_integer(data.get("bootstrap", 1000), "bootstrap", source, 1),
+            description=_text(data.get("description", ""), "description", source),
+            resplit=resplit,
+            source=source,
+        )
+
+
+@dataclass(frozen=True)
+class SuiteDefinition:
+    name: str
+    datasets: tuple[str, ...]
+    tasks: tuple[str, ...]
+    description: str = ""
+    source: str = "<python>"
+    #: a paper suite runs every model in its family's paper mode (the authors' defaults,
+    #: declared at registration) and never with draft decoding
+    paper: bool = False
+
+    @classmethod
+    def from_mapping(cls, data: dict, source: str = "<python>") -> SuiteDefinition:
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
+        _check_keys(data, {"name", "datasets", "tasks", "description", "paper"}, source)
+        return cls(
+            name=_name(_require(data, "name", source), "name", source),
+            datasets=_names(_require(data, "datasets", source), "datasets", source),
+            tasks=_names(_require(data, "tasks", source), "tasks", source),
+            description=_text(data.get("description", ""), "description", source),
+            source=source,
+            paper=_flag(data.get("paper", False), "paper", source),
+        )
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; any problem reading or parsing it is one :class:`ConfigError`
+    naming the file (and the line, where YAML knows it)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # PyYAML's constructors raise these for values it recognised but cannot build,
+        # e.g. the timestamp 2001-13-01 (month 13), or for absurdly deep nesting
+        raise ConfigError(
+            f"{path}: invalid YAML ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
+
+
+def load_definitions(folder: Path, kind: type) -> list:
+    """Every ``*.yaml`` in ``folder`` parsed into ``kind`` (sorted by file name)."""
+    return [
+        kind.from_mapping(read_yaml(p) or {}, str(p)) for p in sorted(Path(folder).glob("*.yaml"))
+    ]

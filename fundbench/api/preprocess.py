@@ -1,0 +1,202 @@
+"""Declared image preprocessing: a small, hashable config that travels with each model.
+
+Like timm's ``pretrained_cfg``, the config names resolution, resize mode, interpolation and
+normalisation. Its digest goes into the feature-cache key and into every result record, so a
+change of preprocessing can never silently reuse stale embeddings.
+
+Each mode reproduces one authors' evaluation pipeline with the library operations they
+compose, not with re-derived arithmetic (the rounding of a resize or a crop offset is the
+library's, never ours):
+
+* ``center_crop``: torchvision ``Resize(int(resolution / crop_pct))`` on the PIL image, then
+  ``CenterCrop``, ``ToTensor``, ``Normalize`` (RETFound's ``build_transform``, timm's eval
+  transform);
+* ``pad``: FLAIR/KeepFIT's float canvas: pixels as float64 in [0, 1], torchvision ``Resize``
+  on the tensor to ``(int(H / s), int(W / s))`` with ``s = max(H, W) / resolution``, zero
+  padding (``ImageScaling`` of FLAIR and KeepFIT);
+* ``stretch``: torchvision ``Resize((resolution, resolution))`` on the PIL image.
+
+Decoding is exact (full resolution) unless ``draft`` is set: an opt-in speed trick that lets
+libjpeg skip detail, which changes pixels and is therefore part of the digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_INTERPOLATION = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "lanczos": InterpolationMode.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a model wants its images.
+
+    mode: ``center_crop`` | ``pad`` | ``stretch`` (see the module docstring).
+    crop_pct: ``center_crop`` resizes the shorter side to ``int(resolution / crop_pct)``.
+    mean/std: ``None`` means plain [0, 1] scaling.
+    pad_anchor: ``top_left`` pads right/bottom as FLAIR does, ``center`` pads evenly.
+    crop_foreground: first crop to the bounding box of the fundus (FLAIR's ``crop_im``: Li
+        threshold on the red channel of the full-resolution image, largest component).
+    reader: how pixels leave the decoded file. ``pil_rgb``: ``Image.convert("RGB")`` (FLAIR,
+        RETFound, torchvision's ImageFolder). ``keepfit_array``: KeepFIT's ``LoadImage``,
+        ``np.array(Image.open(p))`` without conversion: a grey image is repeated to three
+        channels and an image with more than three drops its *first* channel (RGBA -> GBA).
+    antialias: antialiasing of the tensor resize in ``pad`` mode (torchvision's default since
+        0.17, and what FLAIR's and KeepFIT's loaders get).
+    draft: opt-in reduced-size JPEG decoding (PIL draft mode, scale 1/2 to 1/8). Faster on
+        large photographs, but not the authors' pixels: never on in a paper suite.
+    """
+
+    resolution: int = 224
+    mode: Literal["center_crop", "pad", "stretch"] = "center_crop"
+    crop_pct: float = 1.0
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
+    mean: tuple[float, float, float] | None = IMAGENET_MEAN
+    std: tuple[float, float, float] | None = IMAGENET_STD
+    pad_anchor: Literal["top_left", "center"] = "top_left"
+    crop_foreground: bool = False
+    reader: Literal["pil_rgb", "keepfit_array"] = "pil_rgb"
+    antialias: bool = True
+    draft: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        text = json.dumps(self.as_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def decode_size(self) -> int:
+        """Smallest side a draft decoder must keep (only used when ``draft`` is on)."""
+        if self.mode == "center_crop":
+            return int(self.resolution / self.crop_pct)
+        return self.resolution
+
+    @property
+    def decode_key(self) -> tuple:
+        """Models whose configs share this key can share one decoded image."""
+        return ("draft", self.decode_size) if self.draft else ("full",)
+
+    def load(self, path: str | Path) -> torch.Tensor:
+        """The whole pipeline from a file: decode, then :meth:`__call__`."""
+        from fundbench.api.images import decode_image
+
+        return self(decode_image(path, self))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """A decoded PIL image (any mode) -> float32 tensor [3, H, W]."""
+        if self.mode == "pad":
+            tensor = self._canvas(image)
+        else:
+            tensor = TF.to_tensor(self._resize_pil(self._rgb(image)))
+        if self.mean is not None and self.std is not None:
+            tensor = TF.normalize(tensor, list(self.mean), list(self.std))
+        return tensor
+
+    def _rgb(self, image: Image.Image) -> Image.Image:
+        if self.reader == "keepfit_array":
+            array = (read_array(image, self.reader) * 255.0).round().astype(np.uint8)
+            image = Image.fromarray(np.ascontiguousarray(array.transpose(1, 2, 0)))
+        else:
+            image = image.convert("RGB")
+        if self.crop_foreground:
+            red = np.asarray(image, dtype=np.float64)[:, :, 0] / 255.0
+            r0, c0, r1, c1 = foreground_box(red)
+            image = image.crop((c0, r0, c1, r1))
+        return image
+
+    def _resize_pil(self, image: Image.Image) -> Image.Image:
+        interpolation = _INTERPOLATION[self.interpolation]
+        if self.mode == "stretch":
+            return TF.resize(image, [self.resolution, self.resolution], interpolation)
+        image = TF.resize(image, int(self.resolution / self.crop_pct), interpolation)
+        return TF.center_crop(image, [self.resolution, self.resolution])
+
+    def _canvas(self, image: Image.Image) -> torch.Tensor:
+        """FLAIR/KeepFIT ``LoadImage`` + ``ImageScaling`` (flair.md section 1.5)."""
+        array = read_array(image, self.reader)
+        if self.crop_foreground:
+            r0, c0, r1, c1 = foreground_box(array[0])
+            array = array[:, r0:r1, c0:c1]
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        res, (h, w) = self.resolution, tensor.shape[-2:]
+        interpolation = _INTERPOLATION[self.interpolation]
+        if h == w:
+            size = [res, res]
+        else:
+            scale = max(h, w) / res
+            size = [int(h / scale), int(w / scale)]
+        tensor = TF.resize(tensor, size, interpolation, antialias=self.antialias)
+        dh, dw = res - tensor.shape[-2], res - tensor.shape[-1]
+        if self.pad_anchor == "top_left":
+            padding = (0, dw, 0, dh)
+        else:
+            padding = (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
+        tensor = torch.nn.functional.pad(tensor, padding)
+        return tensor.to(torch.float32)
+
+
+def read_array(image: Image.Image, reader: str) -> np.ndarray:
+    """Pixels as float64 [C, H, W], divided by 255 when above 1 (FLAIR/KeepFIT's rule)."""
+    if reader == "pil_rgb":
+        array = np.array(image.convert("RGB"), dtype=np.float64)
+    else:
+        array = np.array(image, dtype=np.float64)
+    if array.max() > 1:
+        array /= 255
+    array = np.transpose(array, (2, 0, 1)) if array.ndim > 2 else array[None]
+    if array.shape[0] > 3:
+        array = array[1:]
+    if array.shape[0] < 3:
+        array = np.repeat(array, 3, axis=0)
+    if array.shape[0] != 3:
+        from fundbench.api.errors import DataError
+
+        raise DataError(
+            f"image of mode {image.mode!r} gives {array.shape[0]} channels under the "
+            f"{reader!r} reader (3 expected); convert the file to RGB"
+        )
+    return array
+
+
+def foreground_box(red: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (row0, col0, row1, col1) of the fundus in a red channel in [0, 1]: Li
+    threshold, largest connected component (skimage's ``label``/``regionprops``, as FLAIR's
+    ``crop_im``). A flat image has no foreground: the whole image is returned."""
+    from skimage.filters import threshold_li
+    from skimage.measure import label, regionprops
+
+    if red.max() == red.min():
+        return 0, 0, red.shape[0], red.shape[1]
+    mask = red > threshold_li(red)
+    regions = regionprops(label(mask))
+    if not regions:
+        return 0, 0, red.shape[0], red.shape[1]
+    largest = max(regions, key=lambda r: r.area)
+    return tuple(int(v) for v in largest.bbox)
+
+
+def crop_foreground(image: Image.Image) -> Image.Image:
+    """Crop a PIL image to its fundus (see :func:`foreground_box`)."""
+    red = np.asarray(image.convert("RGB"), dtype=np.float64)[:, :, 0] / 255.0
+    r0, c0, r1, c1 = foreground_box(red)
+    return image.crop((c0, r0, c1, r1))

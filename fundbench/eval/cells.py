@@ -1,0 +1,336 @@
+"""The three protocols applied to one (model, dataset) pair's cached features.
+
+Each ``*_cells`` function yields ``(cell, compute)`` pairs. ``compute()`` returns the cell's
+outcome; the runner skips cells whose record already exists, so nothing here runs twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from fundbench.api.definitions import TaskDefinition
+from fundbench.data.datasets import Dataset
+from fundbench.eval import heads as adapter_lib
+from fundbench.eval import metrics
+from fundbench.eval.protocols import linear_probe, sampling, zero_shot
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The coordinates of one result."""
+
+    model: str
+    dataset: str
+    task: str
+    protocol: str
+    adapter: str
+    k: int | None = None
+    seed: int | None = None
+
+    def filename(self) -> str:
+        parts = [self.adapter]
+        if self.k is not None:
+            parts.append(f"k{self.k}")
+        if self.seed is not None:
+            parts.append(f"s{self.seed}")
+        return "-".join(parts) + ".json"
+
+    def path(self, out: Path) -> Path:
+        return (
+            Path(out)
+            / "records"
+            / _safe(self.model)
+            / _safe(self.dataset)
+            / _safe(self.task)
+            / _safe(self.filename())
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _safe(name: str) -> str:
+    """File-system-safe version of a name (model names may contain ':' or '/')."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
+
+
+@dataclass
+class Features:
+    """A dataset's cached embeddings split into train and test, with labels and patients."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    train_groups: np.ndarray
+    train_ids: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_groups: np.ndarray
+    test_ids: np.ndarray
+    #: (x, y, groups, ids) of every image, for per-class re-splits
+    pool: tuple | None = None
+
+    def resplit(self, fold: int, test: float, train: float) -> Features:
+        """FLAIR/KeepFIT's ``get_dataloader_splits`` (flair.md section 4.4): per class,
+        shuffle with seed ``fold``, the first ``test`` share is test, the next ``train``
+        share is train. Not grouped by patient, as upstream."""
+        x, y, groups, ids = self.pool
+        rng = np.random.default_rng(fold)
+        test_idx, train_idx = [], []
+        for c in np.unique(y):
+            idx = np.flatnonzero(y == c)
+            idx = idx[rng.permutation(len(idx))]
+            n_test = int(round(test * len(idx)))
+            n_train = int(round(train * len(idx)))
+            test_idx += idx[:n_test].tolist()
+            train_idx += idx[n_test : n_test + n_train].tolist()
+        tr, te = np.array(sorted(train_idx), dtype=int), np.array(sorted(test_idx), dtype=int)
+        return Features(x[tr], y[tr], groups[tr], ids[tr], x[te], y[te], groups[te], ids[te])
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, x: np.ndarray) -> Features:
+        table = dataset.table
+        # Adapters and probes fit on the train split only (the tuned probe carves its own
+        # validation from it); the val split is left to model developers; test stays unseen.
+        fit = (table["split"] == "train").to_numpy()
+        test = (table["split"] == "test").to_numpy()
+        ids = table["sha256"].str[:16].to_numpy()
+        return cls(
+            x[fit],
+            table["label"].to_numpy()[fit],
+            table["patient"].to_numpy()[fit],
+            ids[fit],
+            x[test],
+            table["label"].to_numpy()[test],
+            table["patient"].to_numpy()[test],
+            ids[test],
+            pool=(x, table["label"].to_numpy(), table["patient"].to_numpy(), ids),
+        )
+
+
+@dataclass
+class Outcome:
+    """What a computed cell produced."""
+
+    probs: np.ndarray | None = None
+    details: dict = field(default_factory=dict)
+    reason: str | None = None  # set when the cell is not applicable
+    n_train: int = 0
+    fit_s: float = 0.0
+    #: the train/test view this outcome was computed on, when not the dataset's own
+    features: Features | None = None
+
+
+class Context:
+    """Everything a protocol needs about one (model, dataset) pair.
+
+    Features and text embeddings are computed on first use, so a rerun whose cells all exist
+    already never touches the model or the images.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        dataset: Dataset,
+        *,
+        logit_scale: float,
+        no_text_reason: str | None,
+        load_features: Callable[[], Features],
+        load_text_weights: Callable[[], np.ndarray],
+    ) -> None:
+        self.model_name = model_name
+        self.dataset = dataset
+        self.logit_scale = logit_scale
+        #: why text-based cells are not applicable (no text tower, no prompts), else None
+        self.no_text_reason = no_text_reason
+        self._load_features = load_features
+        self._load_text_weights = load_text_weights
+
+    @functools.cached_property
+    def features(self) -> Features:
+        return self._load_features()
+
+    @functools.cached_property
+    def text_weights(self) -> np.ndarray:
+        """Class text embeddings [C, D]; only valid when ``no_text_reason`` is None."""
+        return self._load_text_weights()
+
+
+Compute = Callable[[], Outcome]
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run protocol fits on one thread: on problems this small (K x C support images,
+    a few hundred test features) thread fan-out in torch and BLAS costs more than it gives."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _timed(
+    fn: Callable[[], tuple[np.ndarray, dict, int]], features: Features | None = None
+) -> Outcome:
+    start = time.perf_counter()
+    with single_thread():
+        probs, details, n_train = fn()
+    elapsed = time.perf_counter() - start
+    return Outcome(probs=probs, details=details, n_train=n_train, fit_s=elapsed, features=features)
+
+
+def _views(ctx: Context, task: TaskDefinition) -> list[tuple[int | None, Callable[[], Features]]]:
+    """(fold, features) pairs: the dataset's own split once, or the task's re-split folds."""
+    if not task.resplit:
+        return [(None, lambda: ctx.features)]
+    r = task.resplit
+    return [
+        (fold, functools.partial(lambda f: ctx.features.resplit(f, r["test"], r["train"]), fold))
+        for fold in range(r["folds"])
+    ]
+
+
+def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
+    for adapter in task.adapters:
+        for fold, view in _views(ctx, task):
+            cell = Cell(
+                ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter, seed=fold
+            )
+            if ctx.no_text_reason:
+                yield cell, lambda: Outcome(reason=ctx.no_text_reason)
+                break  # one record says why; folds do not apply
+
+            def compute(view=view) -> Outcome:
+                f = view()
+
+                def fit() -> tuple[np.ndarray, dict, int]:
+                    probs = zero_shot.zero_shot_probs(f.test_x, ctx.text_weights, ctx.logit_scale)
+                    return probs, {}, 0
+
+                return _timed(fit, f if task.resplit else None)
+
+            yield cell, compute
+
+
+def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
+    n_classes = len(ctx.dataset.classes)  # features are read only when a cell computes
+    runnable = []
+    for adapter in task.adapters:
+        if adapter in adapter_lib.TEXT_ADAPTERS and ctx.no_text_reason:
+            # One record per adapter says why; k and seed do not apply to it.
+            cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter)
+            yield cell, lambda: Outcome(reason=ctx.no_text_reason)
+        else:
+            runnable.append(adapter)
+    views = dict(_views(ctx, task)) if task.resplit else {}
+    for k in task.shots:
+        for seed in range(task.resplit["folds"] if task.resplit else task.seeds):
+            for adapter in runnable:
+                cell = Cell(
+                    ctx.model_name,
+                    ctx.dataset.id,
+                    task.name,
+                    task.protocol,
+                    adapter,
+                    k=k,
+                    seed=seed,
+                )
+
+                def compute(k=k, seed=seed, adapter=adapter) -> Outcome:
+                    f = views[seed]() if task.resplit else ctx.features
+                    support = sampling.sample_support(f.train_y, f.train_groups, k, seed, n_classes)
+                    details = {
+                        "support_indices": support.tolist(),
+                        "support_ids": f.train_ids[support].tolist(),
+                    }
+
+                    def fit() -> tuple[np.ndarray, dict, int]:
+                        text = None if adapter == "linear_probe" else ctx.text_weights
+                        model = adapter_lib.make_adapter(
+                            adapter,
+                            n_classes=n_classes,
+                            text_weights=text,
+                            seed=seed,
+                            logit_scale=ctx.logit_scale,
+                        )
+                        model.fit(f.train_x[support], f.train_y[support])
+                        return model.predict_proba(f.test_x), details, len(support)
+
+                    return _timed(fit, f if task.resplit else None)
+
+                yield cell, compute
+
+
+def linear_probe_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
+    n_classes = len(ctx.dataset.classes)  # features are read only when a cell computes
+    for adapter in task.adapters:
+        if adapter not in ("tuned", "paper"):
+            raise ValueError(f"unknown linear_probe adapter {adapter!r}; use tuned or paper")
+        for fold, view in _views(ctx, task):
+            cell = Cell(
+                ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter, seed=fold
+            )
+
+            def compute(adapter=adapter, view=view) -> Outcome:
+                f = view()
+                return _timed(
+                    lambda: _fit_probe(adapter, f, n_classes), f if task.resplit else None
+                )
+
+            yield cell, compute
+
+
+def _fit_probe(adapter: str, f: Features, n_classes: int) -> tuple[np.ndarray, dict, int]:
+    if adapter == "tuned":
+        probs, info = linear_probe.fit_predict_tuned(
+            f.train_x, f.train_y, f.train_groups, f.test_x, n_classes=n_classes, seed=0
+        )
+        info = {
+            **info,
+            "C": float(info["C"]),
+            "val_scores": {str(c): float(s) for c, s in info["val_scores"].items()},
+        }
+        return probs, info, len(f.train_y)
+    probs = linear_probe.fit_predict_fixed(f.train_x, f.train_y, f.test_x, n_classes=n_classes)
+    return probs, {"C": linear_probe.PAPER_C, "class_weight": "balanced"}, len(f.train_y)
+
+
+PROTOCOL_CELLS = {
+    "zero_shot": zero_shot_cells,
+    "few_shot": few_shot_cells,
+    "linear_probe": linear_probe_cells,
+}
+
+
+def score(dataset: Dataset, features: Features, probs: np.ndarray, n_resamples: int) -> dict:
+    """Point metrics with patient-clustered bootstrap CIs."""
+    kwargs = {"n_classes": len(dataset.classes), "ordinal": dataset.definition.ordinal}
+    point = metrics.compute_metrics(features.test_y, probs, **kwargs)
+    ci = metrics.bootstrap_ci(
+        features.test_y,
+        probs,
+        groups=features.test_groups,
+        n_resamples=n_resamples,
+        seed=0,
+        **kwargs,
+    )
+    return {
+        name: {"value": _num(value), "ci_low": _num(ci[name][0]), "ci_high": _num(ci[name][1])}
+        for name, value in point.items()
+    }
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)

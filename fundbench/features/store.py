@@ -1,0 +1,303 @@
+"""Content-addressed embedding cache and the extraction loop that fills it.
+
+Key: (model weights digest, preprocessing digest, extractor version) names a folder; inside,
+embeddings are looked up by each image's SHA-256. Every protocol, seed and shot reads the
+same cached array, identical images shared between datasets are embedded once, and shards
+are written atomically as extraction goes, so a killed run loses at most one shard.
+
+Several models can be extracted in one pass (:meth:`FeatureStore.extract`): each image is
+then decoded once and handed to every model whose preprocessing starts from the same decoded
+pixels (the same :attr:`PreprocessConfig.decode_key`), which wins back the time that exact,
+full-resolution decoding costs without changing a single pixel.
+
+Faults: each shard carries a SHA-256 of its contents; a shard that fails to load or to match
+it (truncated, flipped bytes) is discarded with a warning naming it and its images are embedded
+again, never trusted. Extraction for a model holds that model's cache folder lock
+(:mod:`fundbench.locks`), so two runs sharing a cache never embed the same images twice; the
+second waits, then reads the first one's shards. A stop request (Ctrl-C, SIGTERM) saves the
+embeddings computed so far as a shard before the run unwinds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fundbench.api.images import decode_image
+from fundbench.api.model import Model
+from fundbench.util import interrupt
+from fundbench.util.atomic import write_atomic
+from fundbench.util.locks import exclusive
+from fundbench.util.progress import warn
+
+#: Bump when the extraction changes in a way that alters embeddings.
+#: 2: exact full-resolution decoding and the authors' library resize/crop operations.
+EXTRACTOR_VERSION = "2"
+#: Threads decoding the next batch while the model runs the current one.
+DECODE_THREADS = 2
+
+
+def model_cache_key(model: Model) -> str:
+    text = "|".join(
+        [
+            model.weights_digest,
+            model.preprocess_config.digest(),
+            EXTRACTOR_VERSION,
+            type(model).__qualname__,
+            model.variant,
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class ExtractionStats:
+    """Where extraction time went: the model's forward passes vs everything around them."""
+
+    images: int = 0
+    cached: int = 0
+    forward_s: float = 0.0
+    total_s: float = 0.0
+    decode_wait_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+
+@dataclass
+class FeatureStore:
+    root: Path
+    shard_size: int = 256
+    _loaded: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: shard file names already read into ``_loaded``, per key
+    _read: dict[str, set[str]] = field(default_factory=dict)
+
+    def _folder(self, key: str) -> Path:
+        return Path(self.root) / key
+
+    def known(self, key: str) -> dict[str, np.ndarray]:
+        """All cached embeddings for a model key (read from disk once per process)."""
+        if key not in self._loaded:
+            self._loaded[key], self._read[key] = {}, set()
+            self.refresh(key)
+        return self._loaded[key]
+
+    def refresh(self, key: str) -> dict[str, np.ndarray]:
+        """Read the shards of ``key`` that appeared since (another run may have written some)."""
+        table = self._loaded.setdefault(key, {})
+        read = self._read.setdefault(key, set())
+        for shard in sorted(self._folder(key).glob("shard-*.npz")):
+            if shard.name in read:
+                continue
+            loaded = _read_shard(shard)
+            if loaded is not None:
+                table.update(zip(*loaded, strict=True))
+                read.add(shard.name)
+        return table
+
+    def _save_shard(self, key: str, ids: list[str], x: np.ndarray) -> None:
+        name = hashlib.sha256("".join(ids).encode()).hexdigest()[:16]
+        path = self._folder(key) / f"shard-{name}.npz"
+        ids_array = np.array(ids)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, ids=ids_array, x=x, sha256=np.array(_shard_digest(ids, x)))
+
+        write_atomic(path, write, size=x.nbytes + ids_array.nbytes + 1024)
+        table = self.known(key)
+        table.update(zip(ids, x, strict=True))
+        self._read[key].add(path.name)
+
+    def embeddings(
+        self,
+        model: Model,
+        paths: Sequence[str],
+        digests: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        stats: ExtractionStats | None = None,
+    ) -> np.ndarray:
+        """Embeddings [N, D] for the images, computing only those not cached yet."""
+        stats = stats if stats is not None else ExtractionStats()
+        self.extract(
+            [model], paths, digests, batch_size=batch_size, progress=progress, stats=[stats]
+        )
+        table = self.known(model_cache_key(model))
+        return np.stack([table[d] for d in digests]).astype(np.float32)
+
+    def extract(
+        self,
+        models: Sequence[Model],
+        paths: Sequence[str],
+        digests: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        stats: Sequence[ExtractionStats] | None = None,
+    ) -> None:
+        """Fill the cache of every model for these images in one pass over the files."""
+        stats = list(stats) if stats is not None else [ExtractionStats() for _ in models]
+        keys = [model_cache_key(model) for model in models]
+        busy = sorted({key for key in keys if self._todo(key, paths, digests)})
+        if not busy:
+            for st in stats:
+                st.cached += len(set(digests))
+            return
+        with contextlib.ExitStack() as held:
+            for key in busy:  # one order for every process: no deadlock
+                folder = self._folder(key)
+                what = "this model's feature cache, which another run is filling"
+                held.enter_context(exclusive(folder, what=what, wait=None))
+                for stale in folder.glob(".*.tmp"):  # left by a writer killed mid-shard
+                    stale.unlink(missing_ok=True)
+                self.refresh(key)  # what the other run embedded while we waited
+            jobs = []
+            for model, key, st in zip(models, keys, stats, strict=True):
+                todo = self._todo(key, paths, digests)
+                st.cached += len(set(digests)) - len(todo)
+                if todo:
+                    jobs.append(_Job(model, key, todo, st))
+            if jobs:
+                size = batch_size or min(job.model.default_batch_size for job in jobs)
+                self._extract(jobs, size, progress)
+
+    def _todo(self, key: str, paths: Sequence[str], digests: Sequence[str]) -> dict[str, str]:
+        table, todo = self.known(key), {}
+        for path, digest in zip(paths, digests, strict=True):
+            if digest not in table and digest not in todo:
+                todo[digest] = path
+        return todo
+
+    def missing(self, model: Model, digests: Sequence[str]) -> set[str]:
+        """The digests among ``digests`` that ``model`` has no cached embedding for."""
+        table = self.known(model_cache_key(model))
+        return {d for d in digests if d not in table}
+
+    def _extract(
+        self,
+        jobs: list[_Job],
+        batch_size: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        start = time.perf_counter()
+        items: dict[str, str] = {}
+        for job in jobs:
+            items.update(job.todo)
+        order = list(items.items())
+
+        def load(digest: str, path: str) -> dict[int, torch.Tensor]:
+            """Decode once per decode key; preprocess for every job that needs the image."""
+            decoded: dict[tuple, object] = {}
+            out = {}
+            for j, job in enumerate(jobs):
+                if digest in job.todo:
+                    config = job.model.preprocess_config
+                    if config.decode_key not in decoded:
+                        decoded[config.decode_key] = decode_image(path, config)
+                    out[j] = job.model.preprocess(decoded[config.decode_key])
+            return out
+
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        done = 0
+        # Decoding runs in threads (PIL releases the GIL) while the models run the batch before.
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+            futures = [pool.submit(load, d, p) for d, p in batches[0]]
+            for i, batch in enumerate(batches):
+                t0 = time.perf_counter()
+                loaded = [f.result() for f in futures]
+                waited = time.perf_counter() - t0
+                if i + 1 < len(batches):
+                    futures = [pool.submit(load, d, p) for d, p in batches[i + 1]]
+                last = i + 1 == len(batches)
+                for j, job in enumerate(jobs):
+                    job.stats.decode_wait_s += waited
+                    mine = [(d, x[j]) for (d, _), x in zip(batch, loaded, strict=True) if j in x]
+                    if mine:
+                        job.forward([d for d, _ in mine], torch.stack([x for _, x in mine]))
+                    if job.pending_ids and (len(job.pending_ids) >= self.shard_size or last):
+                        self._flush(job)
+                done += len(batch)
+                if progress:
+                    progress(done, len(order))
+                if interrupt.requested() is not None:  # keep what was computed, then stop
+                    for job in jobs:
+                        self._flush(job)
+                    interrupt.check()
+        elapsed = time.perf_counter() - start
+        for job in jobs:
+            job.stats.total_s += elapsed
+
+    def _flush(self, job: _Job) -> None:
+        if job.pending_ids:
+            self._save_shard(job.key, job.pending_ids, np.concatenate(job.pending_x))
+            job.pending_ids, job.pending_x = [], []
+
+
+def _shard_digest(ids: Sequence[str], x: np.ndarray) -> str:
+    """SHA-256 of a shard's contents (ids, dtype, shape, values), stored inside it."""
+    h = hashlib.sha256()
+    h.update("\n".join(ids).encode())
+    h.update(f"|{x.dtype.str}|{x.shape}|".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
+
+
+def _read_shard(path: Path) -> tuple[list[str], np.ndarray] | None:
+    """A shard's ids and vectors, or None after discarding a shard that cannot be trusted
+    (it fails to load, or its contents do not match the SHA-256 stored in it)."""
+    try:
+        before = os.stat(path)
+    except FileNotFoundError:  # another run discarded it just now
+        return None
+    try:
+        with np.load(path) as data:
+            ids, x = data["ids"].tolist(), data["x"]
+            stored = str(data["sha256"]) if "sha256" in data.files else None
+        if x.ndim != 2 or len(ids) != len(x):
+            raise ValueError(f"{len(ids)} ids for vectors of shape {x.shape}")
+        if stored is not None and stored != _shard_digest(ids, x):
+            raise ValueError("contents do not match the SHA-256 stored in the shard")
+    except Exception as exc:  # noqa: BLE001 - any failure to read a cache file: do not trust it
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        warn(
+            f"feature cache shard {path} is corrupt or truncated ({reason}); discarded, "
+            "its images will be embedded again"
+        )
+        with contextlib.suppress(OSError):
+            now = os.stat(path)
+            if (now.st_ino, now.st_mtime_ns) == (before.st_ino, before.st_mtime_ns):
+                path.unlink()  # never a good shard another run renamed over it meanwhile
+        return None
+    return ids, x
+
+
+@dataclass
+class _Job:
+    """One model's share of an extraction pass: what it still needs and what it computed."""
+
+    model: Model
+    key: str
+    todo: dict[str, str]
+    stats: ExtractionStats
+    pending_ids: list[str] = field(default_factory=list)
+    pending_x: list[np.ndarray] = field(default_factory=list)
+
+    def forward(self, ids: list[str], tensor: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.encode_images(tensor.to(self.model.device)).float().cpu().numpy()
+        self.stats.forward_s += time.perf_counter() - t0
+        self.stats.images += len(ids)
+        self.pending_ids += ids
+        self.pending_x.append(out)

@@ -1,0 +1,116 @@
+"""Calling a registered model factory with the user's options, weights and device.
+
+The same path serves ``fundbench run``, ``fundbench embed`` and :func:`fundbench.load_model`,
+so a model is built identically wherever its numbers come from.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fundbench.api.errors import ConfigError, FundbenchError, PluginError
+from fundbench.api.model import Model
+from fundbench.host.loading import Host, get_host
+from fundbench.host.registry import Entry
+from fundbench.models.weights import RunFile, missing_weights_message, resolve_weights
+
+
+def resolve_model_inputs(
+    entries: Sequence[Entry],
+    *,
+    weights: Mapping[str, str] | None = None,
+    model_options: Mapping[str, Mapping[str, Any]] | None = None,
+    run_file: RunFile | None = None,
+) -> dict[str, dict]:
+    """Each model's factory options: weights (by the precedence of
+    :mod:`fundbench.models.weights`) and ``--model-arg`` options over the config file's
+    ``model_args``. Checked for every model before any is built, so a missing file fails
+    before results are written. Returns ``{name: {"options": ..., "weights_source": ...}}``."""
+    run_file = run_file or RunFile.load(None)
+    weights, model_options = dict(weights or {}), dict(model_options or {})
+    names = [e.name for e in entries]
+    stray = sorted(set(model_options) - set(names))
+    if stray:
+        raise ConfigError(f"--model-arg names model(s) {stray} that are not in --model")
+    sources = resolve_weights(names, weights, run_file)
+    inputs = {}
+    for entry in entries:
+        options = {
+            **(run_file.model_args or {}).get(entry.name, {}),
+            **model_options.get(entry.name, {}),
+        }
+        found = sources.get(entry.name)
+        if found is not None:
+            options["weights"] = found.path
+        elif entry.metadata.get("needs_weights"):
+            raise ConfigError(missing_weights_message(entry.name))
+        inputs[entry.name] = {"options": options, "weights_source": found.source if found else None}
+    return inputs
+
+
+def build_model(entry: Entry, options: Mapping[str, Any], device: str = "cpu") -> Model:
+    """Call a model's factory with ``options`` and (if it takes one) ``device``."""
+    options = dict(options)
+    try:
+        signature = inspect.signature(entry.obj)
+    except (TypeError, ValueError):  # some callables have no signature: just call them
+        signature = None
+    if signature is not None:
+        if "device" in signature.parameters:
+            options.setdefault("device", device)
+        try:
+            signature.bind(**options)
+        except TypeError as exc:
+            raise ConfigError(
+                f"model {entry.name!r} does not accept the options {sorted(options)} ({exc}); "
+                "check --weights and --model-arg"
+            ) from None
+    try:
+        model = entry.obj(**options)
+    except FundbenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin bug, attributed to its distribution
+        raise PluginError(
+            f"model {entry.name!r} from {entry.plugin.distribution} "
+            f"{entry.plugin.version} failed to build ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(model, Model):
+        raise PluginError(
+            f"model {entry.name!r} from {entry.plugin.distribution}: factory "
+            f"returned {type(model).__name__}, not a fundbench.Model"
+        )
+    return model.to(device)
+
+
+def load_model(
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    config: str | Path | None = None,
+    host: Host | None = None,
+    **options: Any,
+) -> Model:
+    """A registered model, built exactly as ``fundbench run`` builds it.
+
+    ``weights`` follows the run's precedence (this argument, then the run config file
+    ``config`` or ``$FUNDBENCH_CONFIG``, then ``FUNDBENCH_WEIGHTS_<NAME>``); ``options`` are
+    the factory's options (``--model-arg``). Raises a one-line :class:`FundbenchError` on
+    an unknown name, missing weights or a wrong checkpoint.
+    """
+    from fundbench.util.validate import check_device
+
+    host = host or get_host()
+    entry = host.models.get(name)
+    check_device(device)
+    run_file = RunFile.load(Path(config).expanduser() if config is not None else None)
+    inputs = resolve_model_inputs(
+        [entry],
+        weights={name: str(Path(weights).expanduser())} if weights is not None else {},
+        model_options={name: options} if options else {},
+        run_file=run_file,
+    )
+    return build_model(entry, inputs[name]["options"], device)

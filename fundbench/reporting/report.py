@@ -1,0 +1,425 @@
+"""The HTML comparison report: one self-contained file (Jinja, autoescaped, plots inlined).
+
+``render_report(results_folders, output)`` reads every record once and lays out: the
+summary leaderboards (models x datasets, mean and mean rank), per-protocol tables with 95%
+CIs and paired significance against the best model (Holm-corrected across datasets),
+few-shot curves, per-dataset bars, confusion matrices, contamination flags, published
+("reported") numbers beside ours, what did not run and why, and the provenance of each run.
+Everything a plugin or a user named passes through autoescaping.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from fundbench.api.errors import DataError
+from fundbench.eval.metrics import holm_correction, paired_bootstrap_pvalue
+from fundbench.reporting import TEMPLATES_DIR, leaderboard, plots
+from fundbench.reporting.reference import reported_vs_reproduced
+from fundbench.runs.records import Predictions, iter_records, load_predictions, tidy
+from fundbench.util.atomic import write_text_atomic
+
+HEADLINE = "aca"
+METRIC_LABELS = {
+    "aca": "ACA",
+    "accuracy": "Acc",
+    "macro_f1": "F1",
+    "auroc": "AUROC",
+    "kappa": "κ (quadratic)",
+}
+PROTOCOL_LABELS = {"zero_shot": "Zero-shot", "few_shot": "Few-shot", "linear_probe": "Linear probe"}
+#: Paired bootstrap resamples per significance test (the report is rendered often).
+SIGNIFICANCE_RESAMPLES = 500
+ALPHA = 0.05
+MAX_CONFUSION = 30
+
+
+@dataclass
+class Runs:
+    """Everything read from one or more result folders."""
+
+    folders: list[Path]
+    everything: pd.DataFrame  # load_results(..., include_not_applicable=True)
+    records: dict[tuple, dict]  # cell key -> record (ok cells only)
+    infos: list[tuple[Path, dict]]
+    #: id(record) -> its predictions, read on first use (paired tests, confusion matrices)
+    _predictions: dict[int, Predictions] = field(default_factory=dict, repr=False)
+
+    def predictions(self, record: dict) -> Predictions | None:
+        """A record's test predictions, read from its sidecar once per report (None for a
+        hand-made record without any)."""
+        if record.get("predictions") is None:
+            return None
+        key = id(record)
+        if key not in self._predictions:
+            self._predictions[key] = load_predictions(record)
+        return self._predictions[key]
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.everything[self.everything["status"] == "ok"]
+
+
+def _cell_key(cell: dict) -> tuple:
+    return tuple(cell.get(k) for k in ("model", "dataset", "task", "adapter", "k", "seed"))
+
+
+def read_runs(folders: list[Path]) -> Runs:
+    """Merge result folders; a cell present in several keeps the last folder's record."""
+    frames, records, infos = [], {}, []
+    for folder in folders:
+        read = list(iter_records(folder))  # one pass over the records; sidecars on demand
+        frames.append(tidy(read, include_not_applicable=True))
+        for record in read:
+            if record["status"] == "ok":
+                records[_cell_key(record["cell"])] = record
+        run_path = folder / "run.json"
+        infos.append((folder, json.loads(run_path.read_text()) if run_path.exists() else {}))
+    everything = pd.concat(frames, ignore_index=True)
+    keys = ["model", "dataset", "task", "adapter", "k", "seed", "metric"]
+    everything = everything.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
+    return Runs(folders, everything, records, infos)
+
+
+def _fmt(value, low=None, high=None, std=None, n=None) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    if low is not None and pd.notna(low):
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    if n is not None and n > 1:
+        return f"{value:.3f} ± {0.0 if pd.isna(std) else std:.3f} (n={int(n)})"
+    return f"{value:.3f}"
+
+
+def _reasons(everything: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """(model, dataset, protocol) -> why it did not apply."""
+    na = everything[everything["status"] == "not_applicable"]
+    return {
+        (r.model, r.dataset, r.protocol): r.reason
+        for r in na.drop_duplicates(["model", "dataset", "protocol"]).itertuples()
+    }
+
+
+def _boards(summary: pd.DataFrame, runs: Runs, models: list[str]) -> list[dict]:
+    """Summary leaderboards: headline ACA per protocol, models x datasets."""
+    seen = leaderboard.seen_pairs(summary)
+    reasons = _reasons(runs.everything)
+    out = []
+    for protocol, label in PROTOCOL_LABELS.items():
+        table = leaderboard.board(summary, protocol, HEADLINE)
+        if table.empty:
+            continue
+        datasets = [c for c in table.columns if c not in ("mean", "mean rank")]
+        rows = []
+        for model in list(table.index) + [m for m in models if m not in table.index]:
+            cells = []
+            for dataset in datasets:
+                value = table.loc[model, dataset] if model in table.index else np.nan
+                reason = reasons.get((model, dataset, protocol))
+                cells.append(
+                    {
+                        "text": _fmt(value)
+                        if pd.notna(value)
+                        else ("n/a" if reason else "not run"),
+                        "title": reason or "",
+                        "na": pd.isna(value),
+                        "seen": (model, dataset) in seen,
+                    }
+                )
+            in_table = model in table.index
+            rows.append(
+                {
+                    "model": model,
+                    "cells": cells,
+                    "mean": _fmt(table.loc[model, "mean"]) if in_table else "–",
+                    "rank": f"{table.loc[model, 'mean rank']:.2f}" if in_table else "–",
+                }
+            )
+        out.append({"protocol": protocol, "label": label, "datasets": datasets, "rows": rows})
+    return out
+
+
+def _significance(head: pd.DataFrame, runs: Runs) -> dict[tuple, dict]:
+    """Each model's headline cell against the best model's on the same test images, by
+    paired bootstrap; p-values Holm-corrected across datasets per (protocol, model)."""
+    tests: dict[tuple[str, str], list] = {}
+    part = head[(head["metric"] == HEADLINE) & (head["n"] == 1)]
+    for (protocol, dataset), rows in part.groupby(["protocol", "dataset"]):
+        if len(rows) < 2:
+            continue
+        best = rows.loc[rows["value"].idxmax()]
+        best_record = _record_for(best, runs)
+        for row in rows.itertuples():
+            record = _record_for(row._asdict(), runs)
+            if row.model == best["model"] or record is None or best_record is None:
+                continue
+            p = _paired_p(runs.predictions(record), runs.predictions(best_record))
+            cell = (dataset, row.task, row.adapter)
+            tests.setdefault((protocol, row.model), []).append((cell, p, best["model"]))
+    marks = {}
+    for (protocol, model), items in tests.items():
+        adjusted = holm_correction([p for _, p, _ in items])
+        for ((dataset, task, adapter), p, best), p_holm in zip(items, adjusted, strict=True):
+            significant = pd.notna(p_holm) and p_holm < ALPHA
+            marks[(protocol, dataset, model, task, adapter)] = {
+                "mark": "▼" if significant else "≈",
+                "title": (
+                    f"vs {best}: paired bootstrap p = {p:.3g}, Holm-adjusted {p_holm:.3g}"
+                    if pd.notna(p_holm)
+                    else f"vs {best}: not comparable"
+                ),
+            }
+    return marks
+
+
+def _record_for(row, runs: Runs) -> dict | None:
+    k = row["k"]
+    key = (
+        row["model"],
+        row["dataset"],
+        row["task"],
+        row["adapter"],
+        None if pd.isna(k) else int(k),
+        None,
+    )
+    return runs.records.get(key)
+
+
+def _paired_p(pa: Predictions | None, pb: Predictions | None) -> float:
+    if (
+        pa is None
+        or pb is None
+        or not (np.array_equal(pa.image_ids, pb.image_ids) and np.array_equal(pa.y_true, pb.y_true))
+    ):
+        return float("nan")  # different test images: no paired test
+    return paired_bootstrap_pvalue(
+        pa.y_true,
+        pa.probs.astype(float),
+        pb.probs.astype(float),
+        metric=HEADLINE,
+        n_resamples=SIGNIFICANCE_RESAMPLES,
+        seed=0,
+    )
+
+
+def _protocol_tables(summary: pd.DataFrame, marks: dict, seen: set) -> list[dict]:
+    """Zero-shot and linear-probe cells per dataset with every metric and its CI."""
+    tables = []
+    order = {p: i for i, p in enumerate(PROTOCOL_LABELS)}
+    single = summary[summary["protocol"] != "few_shot"]
+    single = single.assign(_order=single["protocol"].map(order)).sort_values(["_order", "dataset"])
+    metrics = [m for m in METRIC_LABELS if m in set(single["metric"])]
+    for (_, protocol, dataset), part in single.groupby(["_order", "protocol", "dataset"]):
+        rows = []
+        for (model, task, adapter), cell in part.groupby(["model", "task", "adapter"]):
+            values = {
+                r.metric: _fmt(r.value, r.ci_low, r.ci_high, r.std, r.n) for r in cell.itertuples()
+            }
+            rows.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "adapter": adapter,
+                    "values": values,
+                    "mark": marks.get((protocol, dataset, model, task, adapter)),
+                    "seen": (model, dataset) in seen,
+                }
+            )
+        tables.append(
+            {
+                "protocol": protocol,
+                "label": PROTOCOL_LABELS[protocol],
+                "dataset": dataset,
+                "metrics": metrics,
+                "rows": rows,
+            }
+        )
+    return tables
+
+
+def _few_shot(runs: Runs, summary: pd.DataFrame) -> list[dict]:
+    """Per dataset: the K x model table (mean ± SD over seeds) and the curve."""
+    few = runs.ok[(runs.ok["protocol"] == "few_shot") & (runs.ok["metric"] == HEADLINE)]
+    out = []
+    for dataset, part in few.groupby("dataset", sort=True):
+        shots = sorted(int(k) for k in part["k"].dropna().unique())
+        stats = part.groupby(["model", "task", "adapter", "k"])["value"].agg(
+            ["mean", "std", "count"]
+        )
+        rows = []
+        for (model, task, adapter), by in stats.groupby(level=[0, 1, 2]):
+            by_k = {
+                int(k): _fmt(r["mean"], std=r["std"], n=r["count"])
+                for (_, _, _, k), r in by.iterrows()
+            }
+            rows.append({"model": model, "task": task, "adapter": adapter, "by_k": by_k})
+        adapter = next(
+            (a for a in leaderboard.HEADLINE_ADAPTERS["few_shot"] if a in set(part["adapter"])),
+            part["adapter"].iloc[0],
+        )
+        curve = part[part["adapter"] == adapter].astype({"k": int})
+        out.append(
+            {
+                "dataset": dataset,
+                "shots": shots,
+                "rows": rows,
+                "adapter": adapter,
+                "plot": plots.few_shot_curve(curve, dataset, METRIC_LABELS[HEADLINE]),
+            }
+        )
+    return out
+
+
+def _bars(head: pd.DataFrame) -> list[dict]:
+    out = []
+    for protocol, label in PROTOCOL_LABELS.items():
+        part = head[(head["protocol"] == protocol) & (head["metric"] == HEADLINE)]
+        if not part.empty:
+            title = f"{label}: headline {METRIC_LABELS[HEADLINE]} per dataset"
+            out.append({"label": label, "plot": plots.dataset_bars(part, title, "ACA")})
+    return out
+
+
+def _confusions(head: pd.DataFrame, runs: Runs) -> list[dict]:
+    """Confusion matrices of each (model, dataset) headline single cell, linear probe first."""
+    out, done = [], set()
+    for protocol in ("linear_probe", "zero_shot"):
+        part = head[(head["protocol"] == protocol) & (head["metric"] == HEADLINE)]
+        for row in part.sort_values(["dataset", "model"]).to_dict("records"):
+            record = _record_for(row, runs)
+            if record is None or (row["model"], row["dataset"]) in done:
+                continue
+            done.add((row["model"], row["dataset"]))
+            title = f"{row['model']} · {row['dataset']} ({PROTOCOL_LABELS[protocol]})"
+            p = runs.predictions(record)
+            if p is None:
+                continue
+            out.append(
+                {
+                    "title": title,
+                    "plot": plots.confusion_matrix(p.y_true, p.probs, record["classes"], title),
+                }
+            )
+            if len(out) >= MAX_CONFUSION:
+                return out
+    return out
+
+
+def _reported(runs: Runs) -> list[dict]:
+    both = reported_vs_reproduced(runs.ok)
+    ran = set(zip(runs.ok["model"], runs.ok["dataset"], strict=True))
+    rows = both[[(m, d) in ran for m, d in zip(both["model"], both["dataset"], strict=True)]]
+    return [
+        {
+            **r,
+            "k": "" if pd.isna(r["k"]) else int(r["k"]),
+            "reported": f"{r['reported']:.3f}",
+            "reproduced": _fmt(r["reproduced"], std=r["reproduced_std"], n=r["n"]),
+            "difference": "" if pd.isna(r["difference"]) else f"{r['difference']:+.3f}",
+        }
+        for r in rows.to_dict("records")
+    ]
+
+
+def _provenance(runs: Runs) -> list[dict]:
+    out = []
+    for folder, info in runs.infos:
+        env = info.get("environment", {})
+        packages = env.get("packages", {})
+        config = info.get("config", {})
+        out.append(
+            {
+                "folder": str(folder),
+                "version": env.get("fundbench_version", "?"),
+                "commit": env.get("git_commit") or "?",
+                "device": env.get("device", "?"),
+                "python": env.get("python", "?"),
+                "packages": ", ".join(f"{k} {v}" for k, v in sorted(packages.items())),
+                "wall_s": info.get("wall_s", "?"),
+                "cells": info.get("cells", {}),
+                "seeds": config.get("seeds") or "task defaults",
+                "paper_mode": bool(info.get("paper_mode")),
+                "models": _model_rows(info.get("models", {})),
+                "datasets": info.get("datasets", {}),
+                "missing": info.get("missing_datasets", {}),
+                "problems": info.get("plugin_problems", []),
+            }
+        )
+    return out
+
+
+def _model_rows(models: dict) -> list[dict]:
+    """One provenance row per built model instance (a paper suite may build a second one for
+    some protocols), with its decoding mode and zero-shot convention."""
+    rows = []
+    for name, described in models.items():
+        for m in [described, *described.get("task_variants", [])]:
+            preprocess = m.get("preprocess") or {}
+            zero_shot = m.get("zero_shot") or {}
+            rows.append(
+                {
+                    "name": name,
+                    "plugin": m.get("plugin", {}),
+                    "weights_digest": m.get("weights_digest"),
+                    "weights_source": m.get("weights_source"),
+                    "preprocess_digest": m.get("preprocess_digest"),
+                    "decoding": "draft (reduced-size JPEG)" if preprocess.get("draft") else "exact",
+                    "zero_shot": (
+                        f"{zero_shot['prototype']}, scale {zero_shot['logit_scale']:g} "
+                        f"({zero_shot['logit_scale_rule']})"
+                        if m.get("has_text_tower") and zero_shot
+                        else "–"
+                    ),
+                    "variant": m.get("variant"),
+                    "tasks": ", ".join(m.get("tasks", []))
+                    if described.get("task_variants")
+                    else "",
+                }
+            )
+    return rows
+
+
+def render_report(results: str | Path | list, output: str | Path, title: str | None = None) -> Path:
+    """Render ``results`` (one result folder or several, merged) to ``output``."""
+    folders = [Path(r) for r in (results if isinstance(results, list | tuple) else [results])]
+    for folder in folders:
+        if not (folder / "records").is_dir() and not (folder / "run.json").exists():
+            raise DataError(f"{folder}: no results here (expected records/ from fundbench run)")
+    runs = read_runs(folders)
+    if runs.everything.empty and not any(info for _, info in runs.infos):
+        raise DataError(f"{folders[0]}: no result records to report")
+    summary = leaderboard.summarise(runs.ok)
+    head = leaderboard.headline(summary)
+    models = sorted(set(runs.everything["model"]))
+    seen = leaderboard.seen_pairs(summary)
+    marks = _significance(head, runs)
+    na = runs.everything[runs.everything["status"] == "not_applicable"]
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    html = env.get_template("report.html.j2").render(
+        title=title or f"fundbench report: {', '.join(f.name for f in folders)}",
+        models=models,
+        boards=_boards(summary, runs, models),
+        tables=_protocol_tables(summary, marks, seen),
+        few_shot=_few_shot(runs, summary),
+        bars=_bars(head),
+        confusions=_confusions(head, runs),
+        reported=_reported(runs),
+        not_applicable=na[["model", "dataset", "task", "adapter", "reason"]]
+        .drop_duplicates()
+        .to_dict("records"),
+        metric_labels=METRIC_LABELS,
+        provenance=_provenance(runs),
+        alpha=ALPHA,
+    )
+    write_text_atomic(Path(output), html)
+    return Path(output)

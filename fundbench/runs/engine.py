@@ -1,0 +1,660 @@
+"""``fundbench run``: models x datasets x tasks, resumable cell by cell.
+
+For each model and dataset the runner extracts (or reads cached) embeddings once, then
+walks the task cells. A cell whose record exists with the same fingerprint is skipped, so a
+rerun after Ctrl-C or kill -9 finishes the missing cells and ends with the same numbers.
+
+Faults (see the README's "Faults fundbench survives"): the results folder is locked for the
+run (:mod:`fundbench.locks`); Ctrl-C and SIGTERM stop at the next cell boundary
+(:mod:`fundbench.interrupt`); images are checked before any extraction and an undecodable one
+stops the run unless ``skip_bad_images``; a full disk fails with one line from
+:mod:`fundbench.util.atomic`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fundbench.api.definitions import TaskDefinition, digest_of
+from fundbench.api.errors import ConfigError, DataError, DatasetMissing, FundbenchError, PluginError
+from fundbench.api.images import image_problem
+from fundbench.api.model import Model
+from fundbench.data.contamination import evidence
+from fundbench.data.datasets import Dataset, load_dataset, without_images
+from fundbench.data.prompts import load_prompts
+from fundbench.eval.cells import PROTOCOL_CELLS, Context, Features, Outcome, score
+from fundbench.eval.protocols import zero_shot
+from fundbench.features.store import DECODE_THREADS, ExtractionStats, FeatureStore
+from fundbench.host.loading import Host
+from fundbench.host.registry import Entry
+from fundbench.models.build import build_model, resolve_model_inputs
+from fundbench.models.weights import RunFile
+from fundbench.runs.executors import Executor, UnitResult
+from fundbench.runs.plan import WorkUnit, model_specs, parse_shard, take_shard, work_units
+from fundbench.runs.records import (
+    SCHEMA_VERSION,
+    Cell,
+    Predictions,
+    hash_patients,
+    stored_fingerprint,
+    write_record,
+)
+from fundbench.runs.summary import finalize, write_invocation, write_unit
+from fundbench.runs.validation import check_prompt_coverage, check_run_config
+from fundbench.util import interrupt
+from fundbench.util.locks import exclusive
+from fundbench.util.paths import DEFAULT_OUT, cache_dir
+from fundbench.util.progress import make_progress, progress_callback, warn
+from fundbench.util.provenance import environment
+
+#: Bump when protocol code changes numbers for the same inputs (invalidates old records).
+#: 2: the tuned linear probe standardises features; 3: each model's own zero-shot convention
+EVAL_VERSION = "3"
+DEFAULT_SUITE = "synthfundus"
+
+
+@dataclass
+class RunConfig:
+    models: list[str]
+    suite: str | None = None
+    datasets: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    weights: dict[str, str] = field(default_factory=dict)
+    model_options: dict[str, dict] = field(default_factory=dict)
+    data_root: Path | None = None
+    #: dataset id -> its own folder (--dataset-root NAME=DIR)
+    dataset_roots: dict[str, Path] = field(default_factory=dict)
+    out: Path = DEFAULT_OUT
+    seeds: int | None = None
+    shots: list[int] | None = None
+    device: str = "cpu"
+    limit: int | None = None
+    prompts: Path | None = None
+    batch_size: int | None = None
+    bootstrap: int | None = None
+    cache: Path | None = None
+    #: write OUT/report.html at the end (done by fundbench.run and the CLI, not the engine)
+    report: bool = True
+    #: run configuration file (weights, model_args); None: $FUNDBENCH_CONFIG if set
+    config_file: Path | None = None
+    #: opt-in reduced-size JPEG decoding (changes pixels; refused in paper suites)
+    draft_decode: bool = False
+    #: leave out images that cannot be decoded (reported, counted in records) instead of failing
+    skip_bad_images: bool = False
+    #: seconds to wait for another run holding ``out``; 0 refuses at once, naming the holder
+    lock_wait: float = 0.0
+    #: run only share I of N of the work units ("I/N" or (I, N)); shards write into one folder
+    shard: str | tuple[int, int] | None = None
+    #: the executor that runs the work units (registered by plugins; built-in: inprocess)
+    executor: str = "inprocess"
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    computed: int = 0
+    reused: int = 0
+    not_applicable: int = 0
+    wall_s: float = 0.0
+    extraction: dict = field(default_factory=dict)
+    missing: dict = field(default_factory=dict)
+
+
+def resolve_plan(
+    config: RunConfig, host: Host
+) -> tuple[list[Entry], list[Entry], list[TaskDefinition]]:
+    """Check every name before any heavy work; unknown names fail with suggestions."""
+    models = [host.models.get(name) for name in config.models]
+    suite = host.suites.get(config.suite or DEFAULT_SUITE).obj
+    if suite.paper and config.draft_decode:
+        raise ConfigError(
+            f"--draft-decode changes pixels and is never used in a paper suite "
+            f"({suite.name!r}); drop the option"
+        )
+    datasets = [host.datasets.get(n) for n in (config.datasets or suite.datasets)]
+    tasks = []
+    for name in config.tasks or suite.tasks:
+        task = TaskDefinition.from_mapping(host.tasks.get(name).obj)
+        if config.seeds is not None and task.protocol == "few_shot":
+            task = replace(task, seeds=config.seeds)
+        if config.shots is not None and task.protocol == "few_shot":
+            task = replace(task, shots=tuple(config.shots))
+        if config.bootstrap is not None:
+            task = replace(task, bootstrap=config.bootstrap)
+        tasks.append(task)
+    return models, datasets, tasks
+
+
+@dataclass
+class ModelRun:
+    """One built model instance and the tasks it answers. A paper suite can give a family a
+    second instance for some protocols (FLAIR's linear probe on raw backbone features);
+    both report under the registered name, their variant recorded in provenance."""
+
+    entry: Entry
+    model: Model
+    tasks: list[TaskDefinition]
+    weights_source: str | None
+
+
+def _built(entry: Entry, config: RunConfig, options: dict) -> Model:
+    model = build_model(entry, options, config.device)
+    if config.draft_decode:
+        model.preprocess_config = replace(model.preprocess_config, draft=True)
+    return model
+
+
+def run(
+    config: RunConfig, host: Host, *, after: Callable[[Path], None] | None = None
+) -> RunSummary:
+    """Run every pending cell. Ctrl-C or SIGTERM stops at the next cell boundary (or
+    extraction batch, whose embeddings are saved) with
+    :class:`~fundbench.util.interrupt.RunInterrupted`; what was written stays, and the same
+    call resumes. ``after(out)`` runs once the run summary is written, still under the
+    results folder's lock (the public :func:`fundbench.run` renders the report there)."""
+    summary = RunSummary(out=Path(config.out))
+    with interrupt.stop_at_boundaries(), contextlib.ExitStack() as held:
+        try:
+            return _run(config, host, summary, held, after)
+        except (interrupt.StopRequested, KeyboardInterrupt) as exc:
+            signum = getattr(exc, "signum", None) or interrupt.requested() or signal.SIGINT
+            written = summary.computed + summary.not_applicable
+            raise interrupt.RunInterrupted(signum, written, summary.out) from None
+
+
+def _run(
+    config: RunConfig,
+    host: Host,
+    summary: RunSummary,
+    held: contextlib.ExitStack,
+    after: Callable[[Path], None] | None,
+) -> RunSummary:
+    start = time.perf_counter()
+    # every option and file first (fundbench.runs.validation); the config file is read once
+    run_file = check_run_config(config)  # weights, model args, data roots
+    shard = parse_shard(config.shard)
+    model_entries, dataset_entries, tasks = resolve_plan(config, host)
+    executor = _executor(host, config.executor)
+    check_prompt_coverage(config.prompts, [e.obj for e in dataset_entries], tasks)
+    paper = host.suites.get(config.suite or DEFAULT_SUITE).obj.paper
+    model_inputs = resolve_model_inputs(
+        model_entries,
+        weights=config.weights,
+        model_options=config.model_options,
+        run_file=run_file,
+    )
+    specs = model_specs(model_entries, tasks, model_inputs, paper, config.draft_decode)
+    units = take_shard(work_units(specs, [e.name for e in dataset_entries]), shard)
+    out = Path(config.out)
+    tag = "all" if shard is None else f"{shard[0]}-of-{shard[1]}"
+    held.enter_context(
+        exclusive(
+            out if shard is None else out / "units" / "invocations" / tag,
+            what="this results folder" if shard is None else f"shard {shard[0]}/{shard[1]}",
+            wait=config.lock_wait,
+            hint="wait for it to finish, choose another --out, or pass --wait-for-lock SECONDS",
+        )
+    )
+    for pattern in ("records/**/.*.tmp", ".*.tmp"):  # left by a run killed mid-write
+        for stale in out.glob(pattern):
+            stale.unlink(missing_ok=True)
+    store = FeatureStore(Path(config.cache) if config.cache else cache_dir() / "features")
+    # Build every model this invocation needs before any dataset is read: a bad checkpoint
+    # fails first.
+    needed = {u.spec.key for u in units}
+    built = {
+        spec.key: ModelRun(
+            spec.entry,
+            _built(spec.entry, config, spec.options),
+            list(spec.tasks),
+            spec.weights_source,
+        )
+        for spec in specs  # in the run's model order, which run.json lists
+        if spec.key in needed
+    }
+    wanted = {u.dataset for u in units}
+    datasets, missing = _load_datasets(
+        config, [e for e in dataset_entries if e.name in wanted], host, run_file
+    )
+    units = [u for u in units if u.dataset in datasets]
+    plans = _plan_checked(datasets, units, built, store, config)  # fails before extraction
+    summary.missing = missing
+    info = {
+        "config": _config_dict(config),
+        "shard": tag,
+        "paper_mode": paper,
+        "models": _describe_models(built.values()),
+        "datasets": {
+            d.id: {
+                "manifest_digest": d.manifest_digest,
+                "images": d.table["split"].value_counts().to_dict(),
+                "skipped_images": d.skipped,
+            }
+            for d in datasets.values()
+        },
+        "missing_datasets": missing,
+        "environment": environment(config.device),
+        "plugin_problems": host.problems,
+    }
+    interrupt.arm()  # from here a first Ctrl-C/SIGTERM waits for the next cell boundary
+    session = _Session(config, store, summary, datasets, plans)
+    for result in executor.execute(units, session):
+        if result.extraction:
+            summary.extraction[f"{result.model}/{result.dataset}"] = result.extraction
+    summary.wall_s = time.perf_counter() - start
+    interrupt.check()
+    write_invocation(
+        out,
+        tag,
+        {
+            **info,
+            "wall_s": round(summary.wall_s, 3),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+        },
+    )
+    finalize(out)
+    if after is not None:
+        after(out)
+    return summary
+
+
+def _executor(host: Host, name: str) -> Executor:
+    entry = host.executors.get(name)
+    try:
+        return entry.obj()
+    except FundbenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin bug, attributed to its distribution
+        raise PluginError(
+            f"executor {name!r} from {entry.plugin.distribution} failed to start "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _describe_models(runs) -> dict:
+    models: dict = {}
+    for mr in runs:
+        described = {
+            **mr.model.describe(),
+            "plugin": mr.entry.plugin.as_dict(),
+            "weights_source": mr.weights_source,
+            "tasks": [t.name for t in mr.tasks],
+        }
+        if mr.entry.name in models:
+            models[mr.entry.name].setdefault("task_variants", []).append(described)
+        else:
+            models[mr.entry.name] = described
+    return models
+
+
+class _Session:
+    """The in-process work of units: per dataset, one decode pass for every model that
+    still needs features, then each pair's cells; each unit's summary written as it ends."""
+
+    def __init__(self, config, store, summary, datasets, plans) -> None:
+        self.config, self.store, self.summary = config, store, summary
+        self.datasets, self.plans = datasets, plans
+
+    def run_units(self, units) -> list[UnitResult]:
+        results = []
+        by_dataset: dict[str, list] = {}
+        for unit in units:
+            by_dataset.setdefault(unit.dataset, []).append(unit)
+        for name, mine in by_dataset.items():
+            interrupt.check()
+            pairs = [self.plans[u.id] for u in mine]
+            needing = [p for p in pairs if p.needs_features]
+            if len(needing) > 1:  # one pass over the files for every model
+                _extract_together(needing, self.datasets[name], self.config, self.store)
+            for unit, pair in zip(mine, pairs, strict=True):
+                before = (self.summary.computed, self.summary.reused, self.summary.not_applicable)
+                pair.compute(self.config, self.summary)
+                stats = pair.stats.as_dict() if pair.stats.images or pair.stats.cached else {}
+                result = UnitResult(
+                    unit.id,
+                    unit.spec.entry.name,
+                    name,
+                    pair.run.model.variant,
+                    self.summary.computed - before[0],
+                    self.summary.reused - before[1],
+                    self.summary.not_applicable - before[2],
+                    stats,
+                )
+                write_unit(self.config.out, result.as_dict())
+                results.append(result)
+        return results
+
+
+def _load_datasets(
+    config: RunConfig, entries: list[Entry], host: Host, run_file: RunFile
+) -> tuple[dict[str, Dataset], dict[str, str]]:
+    """Every dataset that is on this disk; the others are reported (with where to get them)
+    and skipped, so one absent download does not stop a suite."""
+    roots = {**run_file.dataset_roots, **config.dataset_roots}
+    stray = sorted(set(roots) - {e.name for e in entries})
+    if stray:
+        raise ConfigError(f"dataset root(s) given for {stray}, which this run does not use")
+    data_root = config.data_root or run_file.data_root
+    datasets, missing = {}, {}
+    for entry in entries:
+        try:
+            datasets[entry.name] = load_dataset(
+                entry.name,
+                host=host,
+                data_root=data_root,
+                limit=config.limit,
+                folder=roots.get(entry.name),
+            )
+        except DatasetMissing as exc:
+            missing[entry.name] = str(exc)
+            warn(f"missing: {exc}; going on without it")
+    if not datasets:
+        raise DatasetMissing(
+            f"none of the requested datasets is on this disk ({', '.join(missing)}); "
+            "see `fundbench data info NAME` for where to get each"
+        )
+    return datasets, missing
+
+
+def _plan_checked(
+    datasets: dict[str, Dataset],
+    units: list[WorkUnit],
+    built: dict[str, ModelRun],
+    store: FeatureStore,
+    config: RunConfig,
+) -> dict[str, PairPlan]:
+    """Every (model, dataset) plan, after checking that each image some model still has to
+    embed decodes; ``datasets`` is updated in place when images are left out.
+
+    A bad image fails the run (before any extraction) with the list of bad files, or with
+    ``skip_bad_images`` is left out: warned, listed in run.json, counted in every record of
+    the dataset. Cached images are not reread, and a warm rerun checks nothing."""
+    plans, failures = {}, []
+    for name, dataset in list(datasets.items()):
+        mine = [u for u in units if u.dataset == name]
+        runs = [built[u.spec.key] for u in mine]
+        pairs = [PairPlan.make(mr, dataset, config, store) for mr in runs]
+        todo: set[str] = set()
+        for pair in pairs:
+            if pair.needs_features:
+                todo |= store.missing(pair.run.model, dataset.table["sha256"].tolist())
+        paths = sorted(set(dataset.table.loc[dataset.table["sha256"].isin(todo), "path"]))
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+            problems = dict(zip(paths, pool.map(image_problem, paths), strict=True))
+        bad = {p: why for p, why in problems.items() if why is not None}
+        if bad and config.skip_bad_images:
+            shown = "; ".join(f"{p} ({why})" for p, why in sorted(bad.items()))
+            warn(f"{name}: skipping {len(bad)} image(s) that cannot be decoded: {shown}")
+            dataset = datasets[name] = without_images(dataset, bad)
+            pairs = [PairPlan.make(mr, dataset, config, store) for mr in runs]
+        elif bad:
+            failures += [f"{p}: cannot decode image ({why})" for p, why in sorted(bad.items())]
+        plans.update({u.id: pair for u, pair in zip(mine, pairs, strict=True)})
+    if failures:
+        raise DataError(
+            f"{len(failures)} image(s) cannot be decoded: {'; '.join(failures)}; re-download "
+            "or remove them from the label file, or pass --skip-bad-images to run without them"
+        )
+    return plans
+
+
+@dataclass
+class PairPlan:
+    """The cells one model instance still owes on one dataset, decided before extraction
+    so that a warm rerun reads nothing."""
+
+    run: ModelRun
+    dataset: Dataset
+    ctx: Context
+    base: dict
+    plan: list
+    provenance: dict
+    modality_reason: str | None
+    stats: ExtractionStats
+
+    @classmethod
+    def make(
+        cls, mr: ModelRun, dataset: Dataset, config: RunConfig, store: FeatureStore
+    ) -> PairPlan:
+        entry, model = mr.entry, mr.model
+        prompts = load_prompts(dataset.definition, config.prompts)
+        if prompts is not None and config.prompts is None and model.prompt_templates:
+            prompts = replace(
+                prompts,
+                templates=tuple(model.prompt_templates),
+                source=f"{prompts.source} with {entry.name}'s own templates",
+            )
+        seen = evidence(entry.name, model.pretraining_datasets, dataset.definition)
+        base = {
+            "contamination": {"seen": bool(seen), "evidence": seen},
+            "model": entry.name,
+            "weights_digest": model.weights_digest,
+            "variant": model.variant,
+            "preprocess_digest": model.preprocess_config.digest(),
+            "dataset_manifest_digest": dataset.manifest_digest,
+            "prompts_digest": prompts.digest if prompts else None,
+            "zero_shot": model.zero_shot_convention(),
+            "eval_version": EVAL_VERSION,
+        }
+        modality_reason = None
+        if dataset.definition.modality not in model.modalities:
+            modality_reason = (
+                f"model does not support modality {dataset.definition.modality!r} "
+                f"(supports {sorted(model.modalities)})"
+            )
+        stats = ExtractionStats()
+        ctx = Context(
+            entry.name,
+            dataset,
+            logit_scale=float(model.logit_scale),
+            no_text_reason=_no_text_reason(model, dataset, prompts),
+            load_features=lambda: _features(entry.name, model, dataset, config, store, stats),
+            load_text_weights=lambda: _text_weights(model, dataset, prompts),
+        )
+        plan = []
+        for task in mr.tasks:
+            task_digest = digest_of(task.__dict__ | {"source": None})
+            for cell, compute in PROTOCOL_CELLS[task.protocol](ctx, task):
+                fingerprint = digest_of(
+                    {
+                        **base,
+                        "task_digest": task_digest,
+                        "cell": cell.as_dict(),
+                        "bootstrap": task.bootstrap,
+                    }
+                )
+                # the folder's fingerprint index answers; no record or sidecar is read
+                if stored_fingerprint(cell.path(config.out)) == fingerprint:
+                    plan.append(None)  # reused
+                    continue
+                plan.append((task, task_digest, cell, compute, fingerprint))
+        provenance = {
+            **environment(config.device),
+            "plugin": entry.plugin.as_dict(),
+            "weights_digest": model.weights_digest,
+            "dataset_manifest_digest": dataset.manifest_digest,
+            "preprocess_digest": base["preprocess_digest"],
+            "decoding": "draft" if model.preprocess_config.draft else "exact",
+            "prompts_digest": base["prompts_digest"],
+            "prompts_source": prompts.source if prompts else None,
+            "prompt_templates": list(prompts.templates) if prompts else None,
+            "zero_shot": base["zero_shot"],
+            "model_variant": model.variant,
+        }
+        return cls(mr, dataset, ctx, base, plan, provenance, modality_reason, stats)
+
+    @property
+    def pending(self) -> list:
+        return [p for p in self.plan if p is not None]
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether a pending cell will read image embeddings."""
+        if self.modality_reason:
+            return False
+        text_free = self.ctx.no_text_reason is None
+        return any(p[0].protocol != "zero_shot" or text_free for p in self.pending)
+
+    def compute(self, config: RunConfig, summary: RunSummary) -> None:
+        summary.reused += len(self.plan) - len(self.pending)
+        if not self.pending:
+            return
+        name = self.run.entry.name
+        with make_progress() as progress:
+            bar = progress.add_task(f"{name} / {self.dataset.id}", total=len(self.pending))
+            for task, task_digest, cell, compute, fingerprint in self.pending:
+                interrupt.check()  # a cell boundary: stop here when asked to
+                outcome = (
+                    Outcome(reason=self.modality_reason) if self.modality_reason else compute()
+                )
+                record = _record(
+                    cell,
+                    outcome,
+                    self.dataset,
+                    self.ctx,
+                    task,
+                    fingerprint,
+                    {**self.provenance, "task_digest": task_digest},
+                )
+                record["contamination"] = self.base["contamination"]
+                write_record(config.out, record)
+                if outcome.reason:
+                    summary.not_applicable += 1
+                else:
+                    summary.computed += 1
+                progress.advance(bar)
+
+
+def _extract_together(
+    pairs: list[PairPlan], dataset: Dataset, config: RunConfig, store: FeatureStore
+) -> None:
+    """Fill the feature cache of several models in one pass: each file decoded once."""
+    table = dataset.table
+    names = ", ".join(p.run.entry.name for p in pairs)
+    with progress_callback(f"embedding {dataset.id} with {names}") as report:
+        store.extract(
+            [p.run.model for p in pairs],
+            table["path"].tolist(),
+            table["sha256"].tolist(),
+            batch_size=config.batch_size,
+            progress=report,
+            stats=[p.stats for p in pairs],
+        )
+
+
+def _no_text_reason(model: Model, dataset: Dataset, prompts) -> str | None:
+    reason = model.text_unavailable_reason
+    if reason:
+        return reason
+    if prompts is None:
+        return f"dataset {dataset.id!r} defines no prompts"
+    return None
+
+
+def _features(
+    name: str,
+    model: Model,
+    dataset: Dataset,
+    config: RunConfig,
+    store: FeatureStore,
+    stats: ExtractionStats,
+) -> Features:
+    table = dataset.table
+    with progress_callback(f"embedding {dataset.id} with {name}") as report:
+        x = store.embeddings(
+            model,
+            table["path"].tolist(),
+            table["sha256"].tolist(),
+            batch_size=config.batch_size,
+            progress=report,
+            stats=stats,
+        )
+    return Features.from_dataset(dataset, x)
+
+
+def _text_weights(model: Model, dataset: Dataset, prompts) -> np.ndarray:
+    def encode(texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            return model.encode_texts(texts).float().cpu().numpy()
+
+    return zero_shot.class_text_embeddings(
+        encode,
+        list(prompts.templates),
+        prompts.descriptions,
+        list(dataset.classes),
+        prototype=model.zero_shot_prototype,
+    )
+
+
+def _record(
+    cell: Cell,
+    outcome: Outcome,
+    dataset: Dataset,
+    ctx: Context,
+    task: TaskDefinition,
+    fingerprint: str,
+    provenance: dict,
+) -> dict:
+    classes = list(dataset.classes)
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "cell": cell.as_dict(),
+        "fingerprint": fingerprint,
+        "n_classes": len(classes),
+        "classes": classes,
+        "provenance": provenance,
+        "skipped_images": len(dataset.skipped),
+    }
+    if outcome.reason:
+        return {**record, "status": "not_applicable", "reason": outcome.reason}
+    t0 = time.perf_counter()
+    f = outcome.features or ctx.features
+    metrics = score(dataset, f, outcome.probs, task.bootstrap)
+    return {
+        **record,
+        "status": "ok",
+        "reason": None,
+        "n_train": outcome.n_train,
+        "n_test": int(len(f.test_y)),
+        "metrics": metrics,
+        "ci": {
+            "method": "percentile bootstrap",
+            "n_resamples": task.bootstrap,
+            "confidence": 0.95,
+            "clustered_by": "patient",
+        },
+        "details": outcome.details,
+        # written by write_record as a sidecar beside the record, referenced by its digest
+        "predictions": Predictions.of(
+            f.test_ids,
+            f.test_y,
+            np.round(outcome.probs, 6),
+            patients=hash_patients(dataset.id, f.test_groups),
+        ),
+        "timing": {"fit_s": round(outcome.fit_s, 4), "score_s": round(time.perf_counter() - t0, 4)},
+    }
+
+
+def _config_dict(config: RunConfig) -> dict:
+    """The run's options as JSON (paths as strings, also inside mappings and lists)."""
+
+    def plain(value):
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dict(config.__dict__))
