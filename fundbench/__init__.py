@@ -62,9 +62,7 @@ __all__ = [
 ]
 
 
-def run(
-    config: RunConfig | None = None, host: Host | None = None, **options: Any
-) -> RunSummary:
+def run(config: RunConfig | None = None, host: Host | None = None, **options: Any) -> RunSummary:
     """Evaluate models on a suite or datasets, exactly as ``fundbench run`` does.
 
     Pass a :class:`RunConfig`, or its fields as keywords (``models=["flair"],
@@ -87,13 +85,18 @@ def run(
 
 
 def _report_writer(config: RunConfig):
+    """Render OUT/report.html, unless this invocation wrote no cell and the report is
+    already there (a warm rerun leaves the folder's results, and so its report, as they
+    were)."""
     if not config.report:
         return None
 
-    def write(out: Path) -> None:
-        from fundbench.reporting.report import render_report
+    def write(out: Path, summary: RunSummary) -> None:
+        report = out / "report.html"
+        if summary.computed or summary.not_applicable or not report.exists():
+            from fundbench.reporting.report import render_report
 
-        render_report(out, out / "report.html")
+            render_report(out, report)
 
     return write
 

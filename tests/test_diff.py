@@ -1,4 +1,4 @@
-"""`fundbench.reporting.diff`: exactly the cells that changed between two runs, with significance."""
+"""`fundbench.reporting.diff`: exactly the cells that changed between two runs, and how much."""
 
 from __future__ import annotations
 

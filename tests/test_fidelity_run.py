@@ -11,7 +11,7 @@ import pytest
 from fundbench import RunConfig, run
 from fundbench.api.errors import ConfigError
 from fundbench.api.preprocess import PreprocessConfig
-from fundbench.runs.records import iter_records
+from fundbench.runs.records import iter_records, load_predictions
 
 
 def _records(out) -> dict:
@@ -164,5 +164,5 @@ def test_several_models_share_one_decode_pass_with_identical_embeddings(
     assert a.keys() == b.keys() and {k[0] for k in a} == {"toy_clip", "toy_paper_clip"}
     for key in a:
         np.testing.assert_array_equal(
-            a[key]["predictions"]["probs"], b[key]["predictions"]["probs"]
+            load_predictions(a[key]).probs, load_predictions(b[key]).probs
         )

@@ -12,7 +12,7 @@ from fundbench.api.errors import ConfigError
 from fundbench.eval.cells import Features
 from fundbench.host.loading import Host
 from fundbench.reporting.reference import reported_results, reported_vs_reproduced
-from fundbench.runs.records import iter_records
+from fundbench.runs.records import iter_records, load_predictions
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +139,9 @@ def test_resplit_task_end_to_end_and_reported_vs_reproduced(toy_host, tmp_path):
     records = list(iter_records(out))
     lp_records = [r for r in records if r["cell"]["task"] == "lp_folds"]
     assert sorted(r["cell"]["seed"] for r in lp_records) == [0, 1, 2]
-    tests = [tuple(r["predictions"]["image_ids"]) for r in lp_records]
+    tests = [tuple(load_predictions(r).image_ids) for r in lp_records]
     assert len(set(tests)) == 3  # each fold its own test images
-    n_all = len(next(r for r in records if r["cell"]["task"] == "zs_all")["predictions"]["y_true"])
+    n_all = len(load_predictions(next(r for r in records if r["cell"]["task"] == "zs_all")))
     assert n_all == 48  # zero-shot on every image of the toy dataset
     reported = pd.DataFrame(
         [

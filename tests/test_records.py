@@ -19,6 +19,7 @@ from fundbench.api.errors import DataError
 from fundbench.host.loading import Host
 from fundbench.host.registry import PluginInfo
 from fundbench.reporting.diff import diff_runs
+from fundbench.reporting.gate import build_leaderboard
 from fundbench.reporting.report import render_report
 from fundbench.runs import records
 from fundbench.runs.engine import RunConfig, run
@@ -35,7 +36,6 @@ from fundbench.runs.records import (
     write_predictions,
     write_record,
 )
-
 
 
 def _predictions(n: int = 6, n_classes: int = 3, seed: int = 0) -> Predictions:
@@ -64,7 +64,7 @@ def test_a_sidecar_round_trips_and_is_named_by_the_digest_of_its_content(tmp_pat
     path = tmp_path / ref["file"]
     path.unlink()
     with open(path, "wb") as fh:
-        np.savez_compressed(fh, **p.arrays())
+        np.savez_compressed(fh, **p.file_arrays())
     assert load_predictions({"predictions": ref}, folder=tmp_path).digest() == p.digest()
     before = path.stat().st_mtime_ns
     assert write_predictions(tmp_path, p) == ref  # it exists: not written again
@@ -422,6 +422,8 @@ def test_schema_1_records_in_the_report_and_the_diff(tmp_path):
     assert "<td>good</td>" in html and "<td>bad</td>" in html
     assert "paired bootstrap p =" in html and "▼" in html  # from the inline predictions
     assert html.count('<img class="plot"') >= 2  # bars and confusion matrices
+    summary, _ = build_leaderboard([old])
+    assert set(summary["model"]) == {"good", "bad"}
 
     changed = _old_folder(tmp_path / "changed", {"good": _probs(40, 20), "bad": _probs(40, 12)})
     frame = diff_runs(old, changed, n_resamples=200)

@@ -148,8 +148,9 @@ def test_importing_the_report_leaves_matplotlib_style_alone():
 
     code = (
         "import matplotlib as m; before = dict(m.rcParams); import fundbench.reporting.report; "
-        "import fundbench.reporting.plots; changed = [k for k in before if m.rcParams[k] != before[k]"
-        " and k != 'backend']; print(changed)"
+        "import fundbench.reporting.plots; "
+        "changed = [k for k in before if m.rcParams[k] != before[k] and k != 'backend']; "
+        "print(changed)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -26,23 +26,25 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
+
+if TYPE_CHECKING:  # torch loads with the first image preprocessed, not with the config
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_INTERPOLATION = {
-    "nearest": InterpolationMode.NEAREST,
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "lanczos": InterpolationMode.LANCZOS,
-}
+
+def _tv():
+    """torchvision's functional transforms and interpolation modes, imported on first use:
+    importing torchvision costs over a second, which a warm rerun (nothing to preprocess)
+    should not pay."""
+    from torchvision.transforms import InterpolationMode, functional
+
+    return functional, InterpolationMode
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,9 @@ class PreprocessConfig:
         if self.mode == "pad":
             tensor = self._canvas(image)
         else:
-            tensor = TF.to_tensor(self._resize_pil(self._rgb(image)))
+            tensor = _tv()[0].to_tensor(self._resize_pil(self._rgb(image)))
         if self.mean is not None and self.std is not None:
-            tensor = TF.normalize(tensor, list(self.mean), list(self.std))
+            tensor = _tv()[0].normalize(tensor, list(self.mean), list(self.std))
         return tensor
 
     def _rgb(self, image: Image.Image) -> Image.Image:
@@ -125,11 +127,12 @@ class PreprocessConfig:
         return image
 
     def _resize_pil(self, image: Image.Image) -> Image.Image:
-        interpolation = _INTERPOLATION[self.interpolation]
+        tf, modes = _tv()
+        interpolation = modes(self.interpolation)
         if self.mode == "stretch":
-            return TF.resize(image, [self.resolution, self.resolution], interpolation)
-        image = TF.resize(image, int(self.resolution / self.crop_pct), interpolation)
-        return TF.center_crop(image, [self.resolution, self.resolution])
+            return tf.resize(image, [self.resolution, self.resolution], interpolation)
+        image = tf.resize(image, int(self.resolution / self.crop_pct), interpolation)
+        return tf.center_crop(image, [self.resolution, self.resolution])
 
     def _canvas(self, image: Image.Image) -> torch.Tensor:
         """FLAIR/KeepFIT ``LoadImage`` + ``ImageScaling`` (flair.md section 1.5)."""
@@ -137,15 +140,18 @@ class PreprocessConfig:
         if self.crop_foreground:
             r0, c0, r1, c1 = foreground_box(array[0])
             array = array[:, r0:r1, c0:c1]
+        import torch
+
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         res, (h, w) = self.resolution, tensor.shape[-2:]
-        interpolation = _INTERPOLATION[self.interpolation]
+        tf, modes = _tv()
+        interpolation = modes(self.interpolation)
         if h == w:
             size = [res, res]
         else:
             scale = max(h, w) / res
             size = [int(h / scale), int(w / scale)]
-        tensor = TF.resize(tensor, size, interpolation, antialias=self.antialias)
+        tensor = tf.resize(tensor, size, interpolation, antialias=self.antialias)
         dh, dw = res - tensor.shape[-2], res - tensor.shape[-1]
         if self.pad_anchor == "top_left":
             padding = (0, dw, 0, dh)

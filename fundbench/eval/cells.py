@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 
 from fundbench.api.definitions import TaskDefinition
@@ -172,6 +171,8 @@ Compute = Callable[[], Outcome]
 def single_thread() -> Iterator[None]:
     """Run protocol fits on one thread: on problems this small (K x C support images,
     a few hundred test features) thread fan-out in torch and BLAS costs more than it gives."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

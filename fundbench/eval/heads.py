@@ -36,13 +36,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from fundbench.eval.protocols.linear_probe import PAPER_C, expand_proba, make_classifier
 from fundbench.eval.protocols.zero_shot import l2_normalize, softmax
+
+if TYPE_CHECKING:  # torch is imported where a head is trained, not when cells are planned
+    import torch
+    from torch import nn
 
 
 class LinearProbeAdapter:
@@ -57,6 +60,7 @@ class LinearProbeAdapter:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
+
         return expand_proba(self.classifier_, x, self.n_classes)
 
 
@@ -86,6 +90,9 @@ class ClipAdapter:
         self.seed = seed
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> ClipAdapter:
+        import torch
+        from torch import nn
+
         text = _prototypes(self.text_weights)
         feats, targets = _as_tensor(x), _as_labels(y, text.shape[0])
         dim = feats.shape[1]
@@ -106,6 +113,8 @@ class ClipAdapter:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
         text = _prototypes(self.text_weights)
         with torch.no_grad():
             logits = self.logit_scale * self._adapt(_as_tensor(x)) @ text.T
@@ -138,6 +147,7 @@ class TipAdapter:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
+
         return softmax(self._logits(l2_normalize(x)))
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
@@ -169,6 +179,9 @@ class TipAdapterF(TipAdapter):
         self.seed = seed
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> TipAdapterF:
+        import torch
+        from torch import nn
+
         super().fit(x, y)
         text = _prototypes(self.text_weights)
         feats, targets = _as_tensor(x), _as_labels(y, text.shape[0])
@@ -201,6 +214,9 @@ def _train(
 
     Shuffles with the global torch RNG, so call it under ``fork_rng`` after seeding.
     """
+    import torch
+    from torch import nn
+
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     optimizer = torch.optim.AdamW(params, lr=lr, eps=eps)
@@ -222,15 +238,21 @@ def _schedule(adapter) -> dict:
 
 def _as_tensor(x: np.ndarray) -> torch.Tensor:
     """L2-normalised float32 tensor."""
+    import torch
+
     return torch.as_tensor(l2_normalize(x), dtype=torch.float32)
 
 
 def _prototypes(text_weights: np.ndarray) -> torch.Tensor:
     """Class prototypes as given: their norm is the model's zero-shot convention."""
+    import torch
+
     return torch.as_tensor(np.asarray(text_weights), dtype=torch.float32)
 
 
 def _as_labels(y: np.ndarray, n_classes: int) -> torch.Tensor:
+    import torch
+
     y = np.asarray(y).astype(np.int64)
     if y.size and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(f"labels must lie in 0..{n_classes - 1}, got range {y.min()}..{y.max()}")

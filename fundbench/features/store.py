@@ -28,16 +28,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from fundbench.api.images import decode_image
-from fundbench.api.model import Model
 from fundbench.util import interrupt
 from fundbench.util.atomic import write_atomic
 from fundbench.util.locks import exclusive
 from fundbench.util.progress import warn
+
+if TYPE_CHECKING:
+    import torch
+
+    from fundbench.api.model import Model
 
 #: Bump when the extraction changes in a way that alters embeddings.
 #: 2: exact full-resolution decoding and the authors' library resize/crop operations.
@@ -196,6 +200,8 @@ class FeatureStore:
             items.update(job.todo)
         order = list(items.items())
 
+        import torch
+
         def load(digest: str, path: str) -> dict[int, torch.Tensor]:
             """Decode once per decode key; preprocess for every job that needs the image."""
             decoded: dict[tuple, object] = {}
@@ -294,6 +300,8 @@ class _Job:
     pending_x: list[np.ndarray] = field(default_factory=list)
 
     def forward(self, ids: list[str], tensor: torch.Tensor) -> None:
+        import torch
+
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = self.model.encode_images(tensor.to(self.model.device)).float().cpu().numpy()

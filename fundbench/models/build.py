@@ -9,13 +9,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fundbench.api.errors import ConfigError, FundbenchError, PluginError
-from fundbench.api.model import Model
 from fundbench.host.loading import Host, get_host
 from fundbench.host.registry import Entry
 from fundbench.models.weights import RunFile, missing_weights_message, resolve_weights
+
+if TYPE_CHECKING:
+    from fundbench.api.model import Model
 
 
 def resolve_model_inputs(
@@ -53,6 +55,8 @@ def resolve_model_inputs(
 
 def build_model(entry: Entry, options: Mapping[str, Any], device: str = "cpu") -> Model:
     """Call a model's factory with ``options`` and (if it takes one) ``device``."""
+    from fundbench.api.model import Model  # torch: only when a model is really built
+
     options = dict(options)
     try:
         signature = inspect.signature(entry.obj)

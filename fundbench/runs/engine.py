@@ -21,14 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from fundbench.api.definitions import TaskDefinition, digest_of
 from fundbench.api.errors import ConfigError, DataError, DatasetMissing, FundbenchError, PluginError
 from fundbench.api.images import image_problem
-from fundbench.api.model import Model
 from fundbench.data.contamination import evidence
 from fundbench.data.datasets import Dataset, load_dataset, without_images
 from fundbench.data.prompts import load_prompts
@@ -39,8 +38,16 @@ from fundbench.host.loading import Host
 from fundbench.host.registry import Entry
 from fundbench.models.build import build_model, resolve_model_inputs
 from fundbench.models.weights import RunFile
+from fundbench.runs import facts as facts_lib
 from fundbench.runs.executors import Executor, UnitResult
-from fundbench.runs.plan import WorkUnit, model_specs, parse_shard, take_shard, work_units
+from fundbench.runs.plan import (
+    ModelSpec,
+    WorkUnit,
+    model_specs,
+    parse_shard,
+    take_shard,
+    work_units,
+)
 from fundbench.runs.records import (
     SCHEMA_VERSION,
     Cell,
@@ -56,6 +63,9 @@ from fundbench.util.locks import exclusive
 from fundbench.util.paths import DEFAULT_OUT, cache_dir
 from fundbench.util.progress import make_progress, progress_callback, warn
 from fundbench.util.provenance import environment
+
+if TYPE_CHECKING:
+    from fundbench.api.model import Model
 
 #: Bump when protocol code changes numbers for the same inputs (invalidates old records).
 #: 2: the tuned linear probe standardises features; 3: each model's own zero-shot convention
@@ -135,16 +145,50 @@ def resolve_plan(
     return models, datasets, tasks
 
 
-@dataclass
 class ModelRun:
-    """One built model instance and the tasks it answers. A paper suite can give a family a
-    second instance for some protocols (FLAIR's linear probe on raw backbone features);
-    both report under the registered name, their variant recorded in provenance."""
+    """One model instance and the tasks it answers (a paper suite can give a family a second
+    instance for some protocols; both report under the registered name, their variant
+    recorded in provenance). The model is built on first need: planning reads its
+    :class:`~fundbench.runs.facts.ModelFacts`, stored from an earlier build when its stamp
+    still matches, so a warm rerun with nothing to compute builds nothing."""
 
-    entry: Entry
-    model: Model
-    tasks: list[TaskDefinition]
-    weights_source: str | None
+    def __init__(self, spec: ModelSpec, config: RunConfig) -> None:
+        self.spec, self.config = spec, config
+        self.entry, self.tasks, self.weights_source = (
+            spec.entry,
+            list(spec.tasks),
+            spec.weights_source,
+        )
+        self._model: Model | None = None
+        self.stamp = facts_lib.stamp(
+            spec.key,
+            spec.options,
+            spec.entry.plugin.distribution,
+            config.device,
+            config.draft_decode,
+        )
+        self._facts = facts_lib.load(self.stamp)
+
+    @property
+    def is_built(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> Model:
+        """The real model, built now if it was not yet."""
+        if self._model is None:
+            self._model = _built(self.entry, self.config, self.spec.options)
+            self._facts = facts_lib.ModelFacts.of(self._model)
+            facts_lib.save(self.stamp, self._facts)
+        return self._model
+
+    @property
+    def facts(self):
+        """What planning needs: the built model's facts, else the stored ones (building the
+        model when there are none)."""
+        if self._facts is None:
+            self.model  # noqa: B018 - builds and records the facts
+        return self._facts
 
 
 def _built(entry: Entry, config: RunConfig, options: dict) -> Model:
@@ -155,12 +199,12 @@ def _built(entry: Entry, config: RunConfig, options: dict) -> Model:
 
 
 def run(
-    config: RunConfig, host: Host, *, after: Callable[[Path], None] | None = None
+    config: RunConfig, host: Host, *, after: Callable[[Path, RunSummary], None] | None = None
 ) -> RunSummary:
     """Run every pending cell. Ctrl-C or SIGTERM stops at the next cell boundary (or
     extraction batch, whose embeddings are saved) with
     :class:`~fundbench.util.interrupt.RunInterrupted`; what was written stays, and the same
-    call resumes. ``after(out)`` runs once the run summary is written, still under the
+    call resumes. ``after(out, summary)`` runs once the run summary is written, still under the
     results folder's lock (the public :func:`fundbench.run` renders the report there)."""
     summary = RunSummary(out=Path(config.out))
     with interrupt.stop_at_boundaries(), contextlib.ExitStack() as held:
@@ -177,7 +221,7 @@ def _run(
     host: Host,
     summary: RunSummary,
     held: contextlib.ExitStack,
-    after: Callable[[Path], None] | None,
+    after: Callable[[Path, RunSummary], None] | None,
 ) -> RunSummary:
     start = time.perf_counter()
     # every option and file first (fundbench.runs.validation); the config file is read once
@@ -211,17 +255,12 @@ def _run(
     store = FeatureStore(Path(config.cache) if config.cache else cache_dir() / "features")
     # Build every model this invocation needs before any dataset is read: a bad checkpoint
     # fails first.
+    # Models are built before any dataset is read, so a bad checkpoint fails first, except
+    # those whose stored facts say what planning needs (see ModelRun).
     needed = {u.spec.key for u in units}
-    built = {
-        spec.key: ModelRun(
-            spec.entry,
-            _built(spec.entry, config, spec.options),
-            list(spec.tasks),
-            spec.weights_source,
-        )
-        for spec in specs  # in the run's model order, which run.json lists
-        if spec.key in needed
-    }
+    built = {spec.key: ModelRun(spec, config) for spec in specs if spec.key in needed}
+    for mr in built.values():
+        mr.facts  # noqa: B018 - builds the model unless its facts are stored
     wanted = {u.dataset for u in units}
     datasets, missing = _load_datasets(
         config, [e for e in dataset_entries if e.name in wanted], host, run_file
@@ -264,7 +303,7 @@ def _run(
     )
     finalize(out)
     if after is not None:
-        after(out)
+        after(out, summary)
     return summary
 
 
@@ -285,7 +324,7 @@ def _describe_models(runs) -> dict:
     models: dict = {}
     for mr in runs:
         described = {
-            **mr.model.describe(),
+            **mr.facts.describe(),
             "plugin": mr.entry.plugin.as_dict(),
             "weights_source": mr.weights_source,
             "tasks": [t.name for t in mr.tasks],
@@ -324,7 +363,7 @@ class _Session:
                     unit.id,
                     unit.spec.entry.name,
                     name,
-                    pair.run.model.variant,
+                    pair.run.facts.variant,
                     self.summary.computed - before[0],
                     self.summary.reused - before[1],
                     self.summary.not_applicable - before[2],
@@ -384,6 +423,10 @@ def _plan_checked(
         mine = [u for u in units if u.dataset == name]
         runs = [built[u.spec.key] for u in mine]
         pairs = [PairPlan.make(mr, dataset, config, store) for mr in runs]
+        for k, pair in enumerate(pairs):
+            if pair.pending and not pair.run.is_built:  # planned from stored facts: build
+                pair.run.model  # noqa: B018 - the model's own facts replace the stored ones
+                pairs[k] = PairPlan.make(pair.run, dataset, config, store)
         todo: set[str] = set()
         for pair in pairs:
             if pair.needs_features:
@@ -426,7 +469,7 @@ class PairPlan:
     def make(
         cls, mr: ModelRun, dataset: Dataset, config: RunConfig, store: FeatureStore
     ) -> PairPlan:
-        entry, model = mr.entry, mr.model
+        entry, model = mr.entry, mr.facts
         prompts = load_prompts(dataset.definition, config.prompts)
         if prompts is not None and config.prompts is None and model.prompt_templates:
             prompts = replace(
@@ -458,8 +501,8 @@ class PairPlan:
             dataset,
             logit_scale=float(model.logit_scale),
             no_text_reason=_no_text_reason(model, dataset, prompts),
-            load_features=lambda: _features(entry.name, model, dataset, config, store, stats),
-            load_text_weights=lambda: _text_weights(model, dataset, prompts),
+            load_features=lambda: _features(entry.name, mr.model, dataset, config, store, stats),
+            load_text_weights=lambda: _text_weights(mr.model, dataset, prompts),
         )
         plan = []
         for task in mr.tasks:
@@ -584,6 +627,8 @@ def _features(
 
 def _text_weights(model: Model, dataset: Dataset, prompts) -> np.ndarray:
     def encode(texts: list[str]) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             return model.encode_texts(texts).float().cpu().numpy()
 

@@ -143,6 +143,14 @@ class Predictions:
             arrays["patients"] = self.patients
         return arrays
 
+    def file_arrays(self) -> dict[str, np.ndarray]:
+        """What the sidecar stores: names as UTF-8 bytes (a quarter of numpy's UCS-4)."""
+        arrays = self.arrays()
+        for name in ("image_ids", "patients"):
+            if name in arrays:
+                arrays[name] = np.char.encode(arrays[name], "utf-8")
+        return arrays
+
 
 def _strings(values) -> np.ndarray:
     array = np.asarray(values)
@@ -150,6 +158,8 @@ def _strings(values) -> np.ndarray:
         return array.reshape(0).astype(str)
     if array.ndim != 1:
         raise ValueError(f"expected a list of names, not an array of shape {array.shape}")
+    if array.dtype.kind == "S":  # as a sidecar stores them
+        return np.char.decode(array, "utf-8")
     return array if array.dtype.kind == "U" else array.astype(str)
 
 
@@ -178,7 +188,7 @@ def write_predictions(folder: Path, predictions: Predictions, digest: str | None
     ref = predictions_ref(predictions, digest)
     path = Path(folder) / ref["file"]
     if not _holds(path, ref):
-        arrays = predictions.arrays()
+        arrays = predictions.file_arrays()
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
 from fundbench.api.errors import DataError
 
@@ -88,6 +87,8 @@ def _first_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
     # sklearn refuses to stratify when every class has fewer members than folds.
     _, class_counts = np.unique(labels, return_counts=True)
     if np.unique(groups).size >= n_splits and class_counts.max() >= n_splits:
+        from sklearn.model_selection import StratifiedGroupKFold
+
         folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             # rare classes are expected; the repair step keeps them on the fit side
@@ -95,6 +96,8 @@ def _first_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
                 "ignore", message="The least populated class", category=UserWarning
             )
             return next(folds.split(placeholder, labels, groups))
+    from sklearn.model_selection import GroupShuffleSplit
+
     splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
     return next(splitter.split(placeholder, labels, groups))
 
