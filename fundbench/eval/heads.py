@@ -60,7 +60,6 @@ class LinearProbeAdapter:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-
         return expand_proba(self.classifier_, x, self.n_classes)
 
 
@@ -147,7 +146,6 @@ class TipAdapter:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-
         return softmax(self._logits(l2_normalize(x)))
 
     def _logits(self, x: np.ndarray) -> np.ndarray:

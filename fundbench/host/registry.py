@@ -212,3 +212,18 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+
+def call_plugin(entry: Entry, failure: str, function: Callable[..., Any], **kwargs: Any) -> Any:
+    """``function(**kwargs)`` on behalf of a plugin's entry: a :class:`FundbenchError` passes
+    through; any other exception is the plugin's bug, one :class:`PluginError` line naming
+    the entry and its distribution (``failure`` says what failed, e.g. "failed to build")."""
+    try:
+        return function(**kwargs)
+    except FundbenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - attributed to the plugin's distribution
+        raise PluginError(
+            f"{entry.kind or 'entry'} {entry.name!r} from {entry.plugin.distribution} "
+            f"{entry.plugin.version} {failure} ({type(exc).__name__}: {exc})"
+        ) from exc

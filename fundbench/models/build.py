@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fundbench.api.errors import ConfigError, FundbenchError, PluginError
+from fundbench.api.errors import ConfigError, PluginError
 from fundbench.host.loading import Host, get_host
-from fundbench.host.registry import Entry
+from fundbench.host.registry import Entry, call_plugin
 from fundbench.models.weights import RunFile, missing_weights_message, resolve_weights
 
 if TYPE_CHECKING:
@@ -72,15 +72,7 @@ def build_model(entry: Entry, options: Mapping[str, Any], device: str = "cpu") -
                 f"model {entry.name!r} does not accept the options {sorted(options)} ({exc}); "
                 "check --weights and --model-arg"
             ) from None
-    try:
-        model = entry.obj(**options)
-    except FundbenchError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a plugin bug, attributed to its distribution
-        raise PluginError(
-            f"model {entry.name!r} from {entry.plugin.distribution} "
-            f"{entry.plugin.version} failed to build ({type(exc).__name__}: {exc})"
-        ) from exc
+    model = call_plugin(entry, "failed to build", entry.obj, **options)
     if not isinstance(model, Model):
         raise PluginError(
             f"model {entry.name!r} from {entry.plugin.distribution}: factory "

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fundbench.api.definitions import TaskDefinition, digest_of
-from fundbench.api.errors import ConfigError, DataError, DatasetMissing, FundbenchError, PluginError
+from fundbench.api.errors import ConfigError, DataError, DatasetMissing
 from fundbench.api.images import image_problem
 from fundbench.data.contamination import evidence
 from fundbench.data.datasets import Dataset, load_dataset, without_images
@@ -35,7 +35,7 @@ from fundbench.eval.cells import PROTOCOL_CELLS, Context, Features, Outcome, sco
 from fundbench.eval.protocols import zero_shot
 from fundbench.features.store import DECODE_THREADS, ExtractionStats, FeatureStore
 from fundbench.host.loading import Host
-from fundbench.host.registry import Entry
+from fundbench.host.registry import Entry, call_plugin
 from fundbench.models.build import build_model, resolve_model_inputs
 from fundbench.models.weights import RunFile
 from fundbench.runs import facts as facts_lib
@@ -309,15 +309,7 @@ def _run(
 
 def _executor(host: Host, name: str) -> Executor:
     entry = host.executors.get(name)
-    try:
-        return entry.obj()
-    except FundbenchError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a plugin bug, attributed to its distribution
-        raise PluginError(
-            f"executor {name!r} from {entry.plugin.distribution} failed to start "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+    return call_plugin(entry, "failed to start", entry.load())
 
 
 def _describe_models(runs) -> dict:

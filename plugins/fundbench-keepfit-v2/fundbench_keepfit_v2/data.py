@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from fundbench_flair.family import canvas_preprocess
 
 from fundbench.api.errors import DataError
 from fundbench.api.preprocess import PreprocessConfig
@@ -46,15 +47,8 @@ _CAT_ORDER, _ELITE_ORDER, _PROMPTS, _AUGMENT, _TEXT_ORDER, _MASK = range(6)
 
 
 def preprocess_config(resolution: int) -> PreprocessConfig:
-    """V1/FLAIR preprocessing: keep aspect, zero-pad right/bottom, [0, 1], no mean/std."""
-    return PreprocessConfig(
-        resolution=resolution,
-        mode="pad",
-        pad_anchor="top_left",
-        interpolation="bilinear",
-        mean=None,
-        std=None,
-    )
+    """V1/FLAIR preprocessing (FLAIR's canvas, RGB files) at the preset's resolution."""
+    return canvas_preprocess(resolution=resolution)
 
 
 @dataclass
