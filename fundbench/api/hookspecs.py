@@ -29,7 +29,9 @@ def fundbench_register_models(register: Register) -> None:
     """Add models: ``register(name, factory, **metadata)``; ``factory(**options)`` returns a
     :class:`fundbench.Model`. ``factory`` may be ``"package.module:Class"`` (imported when the
     model is built). Useful metadata: ``description``, ``modalities``, ``paper``,
-    ``needs_weights``."""
+    ``needs_weights``, and the family's paper mode: ``paper_options`` (factory options a
+    paper suite adds) and ``paper_protocol_options`` (``{protocol: options}``: a second
+    instance for that protocol, e.g. FLAIR's linear probe on raw features)."""
 
 
 @hookspec
