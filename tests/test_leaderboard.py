@@ -15,7 +15,7 @@ from fundbench import RunConfig, run
 from fundbench.cli.main import main
 from fundbench.host.loading import Host
 from fundbench.host.registry import PluginInfo
-from fundbench.reporting import gate
+from fundbench.reporting import boards, gate, leaderboard, markdown
 from fundbench.reporting.leaderboard import summarise
 from fundbench.runs.records import load_results
 
@@ -92,10 +92,10 @@ def test_json_round_trips_as_a_baseline(toy_results, tmp_path, capsys):
     assert document["schema"] == "fundbench-leaderboard-1"
     assert document["generated_by"]["results"] == [str(toy_results)]
     assert len(document["generated_by"]["runs"][0]["digest"]) == 64
-    rows = gate.read_leaderboard(baseline)
+    rows = boards.read_leaderboard(baseline)
     expected = summarise(load_results(toy_results))
     assert len(rows) == len(expected) == len(document["metric_rows"])
-    merged = expected.merge(rows, on=gate.KEYS, suffixes=("", "_file"), how="outer")
+    merged = expected.merge(rows, on=leaderboard.KEYS, suffixes=("", "_file"), how="outer")
     assert merged["value_file"].notna().all() and merged["value"].notna().all()
     assert (merged["value"] == merged["value_file"]).all()  # exact: no rounding in the file
     assert set(rows.loc[rows["protocol"] == "few_shot", "n"]) == {2}  # two seeds averaged
@@ -119,7 +119,7 @@ def test_markdown_json_and_csv_outputs_parse(toy_results, tmp_path, capsys):
     code, _, _ = _cli(capsys, "leaderboard", toy_results, "-o", csv_path)  # format from suffix
     assert code == 0
     table = pd.read_csv(csv_path)
-    assert list(table.columns) == gate.ROW_COLUMNS and len(table) == len(rows)
+    assert list(table.columns) == boards.ROW_COLUMNS and len(table) == len(rows)
     code, _, err = _cli(
         capsys, "leaderboard", toy_results, "--baseline", csv_path, "-o", tmp_path / "board.md"
     )
@@ -304,7 +304,7 @@ def test_markdown_escapes_names():
         ]
     )
     result = gate.compare(rows.assign(value=0.2), rows, 0.01)
-    text = gate.markdown_summary(
+    text = markdown.markdown_summary(
         result, summarise(rows.assign(status="ok", seed=None, ci_low=None, ci_high=None))
     )
     assert "<script>" not in text and "&lt;script&gt;x\\|y&lt;/script&gt;" in text
@@ -384,7 +384,7 @@ def test_output_to_stdout_dash_and_to_a_pipe_keeps_the_pipe(toy_results, tmp_pat
 def test_committed_leaderboard_of_the_embedded_suite_is_a_valid_baseline():
     """reports/leaderboard.json (scripts/update-leaderboard.sh) is what the example CI gates
     on: it must read back and cover both models on the five synthetic datasets."""
-    from fundbench.reporting.gate import read_leaderboard
+    from fundbench.reporting.boards import read_leaderboard
 
     root = Path(__file__).resolve().parents[1] / "reports"
     rows = read_leaderboard(root / "leaderboard.json")
@@ -422,5 +422,5 @@ def test_markdown_lists_models_without_a_protocol_as_na():
                 }
             )
     summary = summarise(pd.DataFrame(rows))
-    text = gate.markdown_boards(summary, protocols=["zero_shot"])
+    text = markdown.markdown_boards(summary, protocols=["zero_shot"])
     assert "| a | 0.7000 |" in text and "| b | n/a | n/a | n/a |" in text

@@ -18,8 +18,8 @@ import toy_plugin
 from fundbench.api.errors import DataError
 from fundbench.host.loading import Host
 from fundbench.host.registry import PluginInfo
+from fundbench.reporting.boards import build_leaderboard
 from fundbench.reporting.diff import diff_runs
-from fundbench.reporting.gate import build_leaderboard
 from fundbench.reporting.report import render_report
 from fundbench.runs import records
 from fundbench.runs.engine import RunConfig, run

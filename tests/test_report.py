@@ -154,3 +154,40 @@ def test_importing_the_report_leaves_matplotlib_style_alone():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_report_and_leaderboard_share_one_merge_policy(toy_host, tmp_path):
+    """A cell present in two folders counts once when equal and is an error when not, in the
+    report exactly as in the leaderboard (before, the report silently kept the last)."""
+    import json
+    import shutil
+
+    from fundbench.api.errors import DataError
+    from fundbench.reporting.boards import build_leaderboard
+
+    first = tmp_path / "a"
+    run(
+        RunConfig(
+            models=["toy_clip"],
+            suite="toy",
+            datasets=["toy_csv"],
+            tasks=["linear_probe"],
+            out=first,
+            bootstrap=20,
+            report=False,
+        ),
+        toy_host,
+    )
+    same = tmp_path / "b"
+    shutil.copytree(first, same)
+    render_report([first, same], tmp_path / "same.html")  # identical cells merge
+    record = next((same / "records").rglob("tuned.json"))
+    data = json.loads(record.read_text())
+    data["metrics"]["aca"]["value"] = 0.123
+    record.write_text(json.dumps(data))
+    for merged in (
+        lambda: render_report([first, same], tmp_path / "x.html"),
+        lambda: build_leaderboard([first, same]),
+    ):
+        with pytest.raises(DataError, match="has different values in"):
+            merged()

@@ -74,7 +74,7 @@ def leaderboard(
 ):
     """Write the leaderboard of result folders; with --baseline, fail on any regression."""
     from fundbench.eval.metrics import METRICS
-    from fundbench.reporting import gate
+    from fundbench.reporting import boards, gate, markdown
 
     fmt = _format(format_, output)
     if metric not in METRICS:
@@ -91,8 +91,8 @@ def leaderboard(
     if summary is not None and summary.is_dir():
         raise ConfigError(f"--summary {summary}: is a folder; name the file to append to")
     # the baseline before anything is written: a bad one must not follow a printed board
-    baseline_rows = gate.read_leaderboard(baseline) if baseline is not None else None
-    rows, generated_by = gate.build_leaderboard(results)
+    baseline_rows = boards.read_leaderboard(baseline) if baseline is not None else None
+    rows, generated_by = boards.build_leaderboard(results)
     if rows.empty:
         raise ConfigError(f"{', '.join(map(str, results))}: no ok result cells to rank")
     known = set(rows["protocol"])
@@ -102,11 +102,11 @@ def leaderboard(
                 f"--protocol {name!r}: not in these results (found {', '.join(sorted(known))})"
             )
     if fmt == "json":
-        text = gate.leaderboard_json(rows, generated_by)
+        text = boards.leaderboard_json(rows, generated_by)
     elif fmt == "csv":
-        text = gate.leaderboard_csv(rows)
+        text = boards.leaderboard_csv(rows)
     else:
-        text = gate.markdown_leaderboard(
+        text = markdown.markdown_leaderboard(
             rows, generated_by, metric=metric, protocols=protocol or None
         )
     _write(output, text)
@@ -114,7 +114,7 @@ def leaderboard(
         return 0
     result = gate.compare(rows, baseline_rows, max_drop)
     if summary is not None:
-        text = gate.markdown_summary(
+        text = markdown.markdown_summary(
             result, rows, metric=metric, protocols=protocol or None, baseline=baseline
         )
         summary.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ over datasets and the mean rank, which is what a reader looks at first.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -84,3 +86,30 @@ def seen_pairs(summary: pd.DataFrame) -> set[tuple[str, str]]:
 
 def finite(value: float) -> float | None:
     return None if value is None or pd.isna(value) or not np.isfinite(value) else float(value)
+
+
+def defined(value) -> bool:
+    if value is None or value is pd.NA:
+        return False
+    try:
+        return not (isinstance(value, float | np.floating) and math.isnan(value))
+    except TypeError:
+        return True
+
+
+def describe_cell(row: dict, seed: bool = False) -> str:
+    parts = [row["model"], row["dataset"], row["task"], row["adapter"]]
+    if defined(row.get("k")):
+        parts.append(f"k={int(row['k'])}")
+    if seed and defined(row.get("seed")):
+        parts.append(f"seed={int(row['seed'])}")
+    parts.append(str(row["metric"]))
+    return " / ".join(str(p) for p in parts)
+
+
+def cells_text(n: int, kind: str = "") -> str:
+    return f"{n} {kind}cell{'' if n == 1 else 's'}"
+
+
+def num_text(value, digits: int = 4, undefined: str = "") -> str:
+    return f"{float(value):.{digits}f}" if defined(value) else undefined

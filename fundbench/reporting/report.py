@@ -21,6 +21,7 @@ import pandas as pd
 from fundbench.api.errors import DataError
 from fundbench.eval.metrics import holm_correction, paired_bootstrap_pvalue
 from fundbench.reporting import TEMPLATES_DIR, leaderboard, plots
+from fundbench.reporting.merge import merge_results
 from fundbench.reporting.reference import reported_vs_reproduced
 from fundbench.runs.records import Predictions, iter_records, load_predictions, tidy
 from fundbench.util.atomic import write_text_atomic
@@ -71,20 +72,18 @@ def _cell_key(cell: dict) -> tuple:
 
 
 def read_runs(folders: list[Path]) -> Runs:
-    """Merge result folders; a cell present in several keeps the last folder's record."""
+    """Merge result folders with the one merge policy (:mod:`fundbench.reporting.merge`): a
+    cell in several folders counts once when its values agree and is an error when not."""
     frames, records, infos = [], {}, []
     for folder in folders:
         read = list(iter_records(folder))  # one pass over the records; sidecars on demand
-        frames.append(tidy(read, include_not_applicable=True))
+        frames.append((folder, tidy(read, include_not_applicable=True)))
         for record in read:
             if record["status"] == "ok":
-                records[_cell_key(record["cell"])] = record
+                records.setdefault(_cell_key(record["cell"]), record)
         run_path = folder / "run.json"
         infos.append((folder, json.loads(run_path.read_text()) if run_path.exists() else {}))
-    everything = pd.concat(frames, ignore_index=True)
-    keys = ["model", "dataset", "task", "adapter", "k", "seed", "metric"]
-    everything = everything.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
-    return Runs(folders, everything, records, infos)
+    return Runs(folders, merge_results(frames), records, infos)
 
 
 def _fmt(value, low=None, high=None, std=None, n=None) -> str:

@@ -1,0 +1,275 @@
+"""The cells one work unit owes: a (model instance, dataset) pair planned against the records
+already written, its features loaded on first need, each cell computed and recorded."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fundbench.api.definitions import TaskDefinition, digest_of
+from fundbench.data.contamination import evidence
+from fundbench.data.datasets import Dataset
+from fundbench.data.prompts import load_prompts
+from fundbench.eval.cells import PROTOCOL_CELLS, Cell, Context, Features, Outcome, score
+from fundbench.eval.protocols import zero_shot
+from fundbench.features.store import ExtractionStats, FeatureStore
+from fundbench.runs.records import (
+    SCHEMA_VERSION,
+    Predictions,
+    hash_patients,
+    stored_fingerprint,
+    write_record,
+)
+from fundbench.util import interrupt
+from fundbench.util.progress import make_progress, progress_callback
+from fundbench.util.provenance import environment
+
+if TYPE_CHECKING:
+    from fundbench.api.model import Model
+    from fundbench.runs.engine import ModelRun, RunConfig, RunSummary
+
+#: Bump when protocol code changes numbers for the same inputs (invalidates old records).
+#: 2: the tuned linear probe standardises features; 3: each model's own zero-shot convention
+EVAL_VERSION = "3"
+
+
+@dataclass
+class PairPlan:
+    """The cells one model instance still owes on one dataset, decided before extraction
+    so that a warm rerun reads nothing."""
+
+    run: ModelRun
+    dataset: Dataset
+    ctx: Context
+    base: dict
+    plan: list
+    provenance: dict
+    modality_reason: str | None
+    stats: ExtractionStats
+
+    @classmethod
+    def make(
+        cls, mr: ModelRun, dataset: Dataset, config: RunConfig, store: FeatureStore
+    ) -> PairPlan:
+        entry, model = mr.entry, mr.facts
+        prompts = load_prompts(dataset.definition, config.prompts)
+        if prompts is not None and config.prompts is None and model.prompt_templates:
+            prompts = replace(
+                prompts,
+                templates=tuple(model.prompt_templates),
+                source=f"{prompts.source} with {entry.name}'s own templates",
+            )
+        seen = evidence(entry.name, model.pretraining_datasets, dataset.definition)
+        base = {
+            "contamination": {"seen": bool(seen), "evidence": seen},
+            "model": entry.name,
+            "weights_digest": model.weights_digest,
+            "variant": model.variant,
+            "preprocess_digest": model.preprocess_config.digest(),
+            "dataset_manifest_digest": dataset.manifest_digest,
+            "prompts_digest": prompts.digest if prompts else None,
+            "zero_shot": model.zero_shot_convention(),
+            "eval_version": EVAL_VERSION,
+        }
+        modality_reason = None
+        if dataset.definition.modality not in model.modalities:
+            modality_reason = (
+                f"model does not support modality {dataset.definition.modality!r} "
+                f"(supports {sorted(model.modalities)})"
+            )
+        stats = ExtractionStats()
+        ctx = Context(
+            entry.name,
+            dataset,
+            logit_scale=float(model.logit_scale),
+            no_text_reason=_no_text_reason(model, dataset, prompts),
+            load_features=lambda: _features(entry.name, mr.model, dataset, config, store, stats),
+            load_text_weights=lambda: _text_weights(mr.model, dataset, prompts),
+        )
+        plan = []
+        for task in mr.tasks:
+            task_digest = digest_of(task.__dict__ | {"source": None})
+            for cell, compute in PROTOCOL_CELLS[task.protocol](ctx, task):
+                fingerprint = digest_of(
+                    {
+                        **base,
+                        "task_digest": task_digest,
+                        "cell": cell.as_dict(),
+                        "bootstrap": task.bootstrap,
+                    }
+                )
+                # the folder's fingerprint index answers; no record or sidecar is read
+                if stored_fingerprint(cell.path(config.out)) == fingerprint:
+                    plan.append(None)  # reused
+                    continue
+                plan.append((task, task_digest, cell, compute, fingerprint))
+        provenance = {
+            **environment(config.device),
+            "plugin": entry.plugin.as_dict(),
+            "weights_digest": model.weights_digest,
+            "dataset_manifest_digest": dataset.manifest_digest,
+            "preprocess_digest": base["preprocess_digest"],
+            "decoding": "draft" if model.preprocess_config.draft else "exact",
+            "prompts_digest": base["prompts_digest"],
+            "prompts_source": prompts.source if prompts else None,
+            "prompt_templates": list(prompts.templates) if prompts else None,
+            "zero_shot": base["zero_shot"],
+            "model_variant": model.variant,
+        }
+        return cls(mr, dataset, ctx, base, plan, provenance, modality_reason, stats)
+
+    @property
+    def pending(self) -> list:
+        return [p for p in self.plan if p is not None]
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether a pending cell will read image embeddings."""
+        if self.modality_reason:
+            return False
+        text_free = self.ctx.no_text_reason is None
+        return any(p[0].protocol != "zero_shot" or text_free for p in self.pending)
+
+    def compute(self, config: RunConfig, summary: RunSummary) -> None:
+        summary.reused += len(self.plan) - len(self.pending)
+        if not self.pending:
+            return
+        name = self.run.entry.name
+        with make_progress() as progress:
+            bar = progress.add_task(f"{name} / {self.dataset.id}", total=len(self.pending))
+            for task, task_digest, cell, compute, fingerprint in self.pending:
+                interrupt.check()  # a cell boundary: stop here when asked to
+                outcome = (
+                    Outcome(reason=self.modality_reason) if self.modality_reason else compute()
+                )
+                record = _record(
+                    cell,
+                    outcome,
+                    self.dataset,
+                    self.ctx,
+                    task,
+                    fingerprint,
+                    {**self.provenance, "task_digest": task_digest},
+                )
+                record["contamination"] = self.base["contamination"]
+                write_record(config.out, record)
+                if outcome.reason:
+                    summary.not_applicable += 1
+                else:
+                    summary.computed += 1
+                progress.advance(bar)
+
+
+def extract_together(
+    pairs: list[PairPlan], dataset: Dataset, config: RunConfig, store: FeatureStore
+) -> None:
+    """Fill the feature cache of several models in one pass: each file decoded once."""
+    table = dataset.table
+    names = ", ".join(p.run.entry.name for p in pairs)
+    with progress_callback(f"embedding {dataset.id} with {names}") as report:
+        store.extract(
+            [p.run.model for p in pairs],
+            table["path"].tolist(),
+            table["sha256"].tolist(),
+            batch_size=config.batch_size,
+            progress=report,
+            stats=[p.stats for p in pairs],
+        )
+
+
+def _no_text_reason(model: Model, dataset: Dataset, prompts) -> str | None:
+    reason = model.text_unavailable_reason
+    if reason:
+        return reason
+    if prompts is None:
+        return f"dataset {dataset.id!r} defines no prompts"
+    return None
+
+
+def _features(
+    name: str,
+    model: Model,
+    dataset: Dataset,
+    config: RunConfig,
+    store: FeatureStore,
+    stats: ExtractionStats,
+) -> Features:
+    table = dataset.table
+    with progress_callback(f"embedding {dataset.id} with {name}") as report:
+        x = store.embeddings(
+            model,
+            table["path"].tolist(),
+            table["sha256"].tolist(),
+            batch_size=config.batch_size,
+            progress=report,
+            stats=stats,
+        )
+    return Features.from_dataset(dataset, x)
+
+
+def _text_weights(model: Model, dataset: Dataset, prompts) -> np.ndarray:
+    def encode(texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return model.encode_texts(texts).float().cpu().numpy()
+
+    return zero_shot.class_text_embeddings(
+        encode,
+        list(prompts.templates),
+        prompts.descriptions,
+        list(dataset.classes),
+        prototype=model.zero_shot_prototype,
+    )
+
+
+def _record(
+    cell: Cell,
+    outcome: Outcome,
+    dataset: Dataset,
+    ctx: Context,
+    task: TaskDefinition,
+    fingerprint: str,
+    provenance: dict,
+) -> dict:
+    classes = list(dataset.classes)
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "cell": cell.as_dict(),
+        "fingerprint": fingerprint,
+        "n_classes": len(classes),
+        "classes": classes,
+        "provenance": provenance,
+        "skipped_images": len(dataset.skipped),
+    }
+    if outcome.reason:
+        return {**record, "status": "not_applicable", "reason": outcome.reason}
+    t0 = time.perf_counter()
+    f = outcome.features or ctx.features
+    metrics = score(dataset, f, outcome.probs, task.bootstrap)
+    return {
+        **record,
+        "status": "ok",
+        "reason": None,
+        "n_train": outcome.n_train,
+        "n_test": int(len(f.test_y)),
+        "metrics": metrics,
+        "ci": {
+            "method": "percentile bootstrap",
+            "n_resamples": task.bootstrap,
+            "confidence": 0.95,
+            "clustered_by": "patient",
+        },
+        "details": outcome.details,
+        # written by write_record as a sidecar beside the record, referenced by its digest
+        "predictions": Predictions.of(
+            f.test_ids,
+            f.test_y,
+            np.round(outcome.probs, 6),
+            patients=hash_patients(dataset.id, f.test_groups),
+        ),
+        "timing": {"fit_s": round(outcome.fit_s, 4), "score_s": round(time.perf_counter() - t0, 4)},
+    }
