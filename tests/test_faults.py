@@ -50,7 +50,7 @@ HOOKS = r"""
 import os, signal, sys, time
 from pathlib import Path
 import fundbench.features.store as features
-import fundbench.runs.engine as runner
+import fundbench.runs.pairs as pairs
 from fundbench.util import interrupt
 
 counts = {}
@@ -81,12 +81,12 @@ def hooked_save_shard(self, *args):
     reached("after_shard")
 features.FeatureStore._save_shard = hooked_save_shard
 
-write_record = runner.write_record
+write_record = pairs.write_record
 def hooked_write_record(out, record):
     path = write_record(out, record)
     pause("FB_PAUSE_RECORDS")
     return path
-runner.write_record = hooked_write_record
+pairs.write_record = hooked_write_record
 
 real_replace = os.replace
 def hooked_replace(src, dst):
