@@ -45,6 +45,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from fundbench_flair.testing import write_bert_folder
+from fundbench_retfound.testing import fake_state_dict
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
@@ -235,19 +236,6 @@ def input_error(kind: str, ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # --- models ---------------------------------------------------------------------------------
-def _fake(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
-    """Random tensors at trained-like scales (norm weights near 1, LayerScale near 0.1)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in shapes.items():
-        noise = torch.randn(shape, generator=gen)
-        if key.endswith(".weight") and "norm" in key.rsplit(".", 2)[-2]:
-            out[key] = noise.mul_(0.1).add_(1.0)
-        elif key.endswith("gamma"):
-            out[key] = noise.mul_(0.05).add_(0.1)
-        else:
-            out[key] = noise.mul_(0.02)
-    return out
 
 
 def _meta_shapes(arch: str, **kwargs) -> dict[str, tuple[int, ...]]:
@@ -317,13 +305,13 @@ def weight_files(tmp_path_factory) -> dict[str, Path]:
     }
     for i, modality in enumerate(("cfp", "oct")):
         path = files[f"retfound_{modality}"] = root / f"RETFound_{modality}_weights.pth"
-        torch.save({"model": _fake({**encoder, **decoder}, seed=21 + i)}, path)
+        torch.save({"model": fake_state_dict({**encoder, **decoder}, seed=21 + i)}, path)
 
     # RETFound DINOv2: {'teacher': backbone.-prefixed, 518 px pos_embed, mask token, heads}.
     shapes = _meta_shapes(SMALL_DINOV2_ARCH, img_size=518)
     dim = shapes["cls_token"][-1]
     assert shapes["pos_embed"] == (1, 1370, dim)
-    teacher = {f"backbone.{k}": v for k, v in _fake(shapes, seed=23).items()}
+    teacher = {f"backbone.{k}": v for k, v in fake_state_dict(shapes, seed=23).items()}
     gen = torch.Generator().manual_seed(24)
     teacher["backbone.mask_token"] = torch.randn(1, dim, generator=gen)
     for head in ("dino_head", "ibot_head"):

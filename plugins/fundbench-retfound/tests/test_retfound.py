@@ -22,6 +22,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from fundbench_retfound.testing import fake_state_dict
 
 from fundbench import load_results
 from fundbench.api.errors import CheckpointError, ConfigError
@@ -94,21 +95,6 @@ def _mae_decoder_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _fake(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
-    """Random tensors at trained-like scales: norms near 1, LayerScale near 0.1, small rest."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in shapes.items():
-        noise = torch.randn(shape, generator=gen)
-        if key.endswith(".weight") and "norm" in key.rsplit(".", 2)[-2]:
-            out[key] = noise.mul_(0.1).add_(1.0)
-        elif key.endswith("gamma"):
-            out[key] = noise.mul_(0.05).add_(0.1)
-        else:
-            out[key] = noise.mul_(0.02)
-    return out
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -124,7 +110,7 @@ def mae_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     assert len(encoder) == 294 and "norm.weight" in encoder
     decoder = _mae_decoder_shapes()
     assert len(decoder) == 104
-    state = _fake({**encoder, **decoder}, seed=1)
+    state = fake_state_dict({**encoder, **decoder}, seed=1)
     assert len(state) == 398
     path = tmp_path_factory.mktemp("retfound_mae") / "RETFound_cfp_weights.pth"
     torch.save({"model": state}, path)
@@ -137,7 +123,7 @@ def dinov2_state() -> dict[str, torch.Tensor]:
     """timm-named DINOv2-L/14 tensors at 518 px (pos_embed [1, 1370, 1024]), as trained."""
     shapes = _meta_shapes(loading.DINOV2_ARCH, img_size=518)
     assert shapes["pos_embed"] == (1, 1370, 1024) and len(shapes) == 342
-    return _fake(shapes, seed=2)
+    return fake_state_dict(shapes, seed=2)
 
 
 def _teacher(state: dict[str, torch.Tensor], chunks: int = 0) -> dict[str, torch.Tensor]:
