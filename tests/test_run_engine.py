@@ -107,3 +107,21 @@ def test_an_executor_registered_by_a_plugin_runs_the_units(toy_host, tmp_path):
     assert _cells(out) == _cells(reference)
     with pytest.raises(ConfigError, match="counting"):
         run(_config(tmp_path / "x" / "out", executor="countin"), toy_host)
+
+
+def test_cli_shard_and_executor_options_are_validated_before_any_work(capsys, tmp_path):
+    """The README's --shard and --executor options, through the command line."""
+    from fundbench.cli.main import main
+
+    out = tmp_path / "out"
+    for args, culprit in (
+        (["--shard", "3/2"], "--shard 3/2: need 0 <= I < N"),
+        (["--shard", "half"], "--shard 'half': expected I/N"),
+        (["--executor", "inprocces"], "inprocess"),  # a typo gets the suggestion
+    ):
+        code = main(["run", "--model", "random_init", "--out", str(out), *args])
+        err = capsys.readouterr().err
+        assert code != 0 and culprit in err and "Traceback" not in err, err
+        assert not (out / "records").exists()
+    assert main(["list", "executors"]) == 0
+    assert "inprocess" in capsys.readouterr().out
