@@ -67,13 +67,13 @@ def pause(var):
     while go and not Path(go).exists() and interrupt.requested() is None:
         time.sleep(0.02)
 
-forward = features._Job.forward
+forward = features._Job.run
 def hooked_forward(self, ids, tensor):
     reached("forward")
     if counts["forward"] == 2:
         pause("FB_PAUSE_FORWARD")
     return forward(self, ids, tensor)
-features._Job.forward = hooked_forward
+features._Job.run = hooked_forward
 
 save_shard = features.FeatureStore._save_shard
 def hooked_save_shard(self, *args):

@@ -127,9 +127,9 @@ def test_zero_shot_convention_is_the_models_own_and_is_recorded(toy_host, tmp_pa
 def test_several_models_share_one_decode_pass_with_identical_embeddings(
     toy_host, tmp_path, monkeypatch
 ):
-    import fundbench.features.store as features
+    import fundbench.features.loader as features
 
-    decoded = []
+    decoded = []  # workers=0: decoding happens in this process, where the spy is
     real = features.decode_image
     monkeypatch.setattr(features, "decode_image", lambda p, c=None: decoded.append(p) or real(p, c))
     together = tmp_path / "together"
@@ -142,10 +142,11 @@ def test_several_models_share_one_decode_pass_with_identical_embeddings(
             out=together,
             bootstrap=20,
             cache=tmp_path / "cache-a",
+            workers=0,
         ),
         toy_host,
     )
-    assert len(decoded) == len(set(decoded))  # each file decoded once for both models
+    assert decoded and len(decoded) == len(set(decoded))  # each file once for both models
     apart = tmp_path / "apart"
     for name in ("toy_clip", "toy_paper_clip"):
         run(

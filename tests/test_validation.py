@@ -73,7 +73,19 @@ BAD_INPUT = {
     # counts and sizes
     "batch-size": (
         ["--batch-size", "0"],
-        "--batch-size 0: must be a positive integer (or leave it out for the model's default)",
+        "--batch-size 0: must be a positive integer or 'auto' (or leave it out for the model's "
+        "default)",
+    ),
+    "batch-size-word": (
+        ["--batch-size", "big"],
+        "--batch-size 'big': must be a positive integer or 'auto'",
+    ),
+    "workers": (["--workers", "-1"], "--workers -1: must be 0 (no worker processes) or more"),
+    "prefetch": (["--prefetch", "0"], "--prefetch 0: must be a whole number >= 1"),
+    "precision": (["--precision", "fp8"], "--precision 'fp8': choose one of fp32, bf16, fp16"),
+    "executor-option": (
+        ["--executor-option", "gpus"],
+        "--executor-option 'gpus': expected KEY=VALUE",
     ),
     "bootstrap": (["--bootstrap", "-5"], "--bootstrap -5: must be a positive integer"),
     "seeds": (["--seeds", "0"], "--seeds 0: must be a positive integer"),

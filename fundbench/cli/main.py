@@ -157,6 +157,19 @@ _parse_model_args = validation.parse_model_args
 _parse_shots = validation.parse_shots
 
 
+def _parse_batch_size(value: str | None):
+    from fundbench.features.options import parse_batch_size
+
+    return parse_batch_size(value)
+
+
+def _executor_options(values: list[str], ray_address: str | None) -> dict:
+    options = validation.parse_key_values("--executor-option", values)
+    if ray_address is not None:
+        options["address"] = ray_address
+    return options
+
+
 @app.command()
 def run(
     model: list[str] = typer.Option(..., "--model", "-m", help="Model name (repeatable)."),
@@ -179,7 +192,18 @@ def run(
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N | mps"),
     limit: int | None = typer.Option(None, help="At most N images per split (smoke tests)."),
     prompts: Path | None = typer.Option(None, help="Your own zero-shot prompt YAML."),
-    batch_size: int | None = typer.Option(None, help="Images per forward pass."),
+    batch_size: str | None = typer.Option(
+        None,
+        help="Images per forward pass, or 'auto' (halve on out-of-memory, remember what fit) "
+        "[default: the model's].",
+    ),
+    workers: int | None = typer.Option(
+        None, help="DataLoader worker processes decoding images [default: the CPUs available]."
+    ),
+    prefetch: int = typer.Option(2, help="Batches each decode worker prepares ahead."),
+    precision: str = typer.Option(
+        "fp32", help="fp32 | bf16 | fp16 (autocast; part of the cache key and provenance)."
+    ),
     bootstrap: int | None = typer.Option(None, help="Bootstrap resamples per cell."),
     cache: Path | None = typer.Option(None, help="Feature cache folder."),
     config: Path | None = typer.Option(
@@ -210,6 +234,14 @@ def run(
     executor: str = typer.Option(
         "inprocess", help="Executor of the work units (see `fundbench list executors`)."
     ),
+    executor_option: list[str] = typer.Option(
+        [],
+        help="KEY=VALUE option of the executor (repeatable), e.g. partition=gpu, gpus=1, "
+        "timeout_min=120 for submitit.",
+    ),
+    ray_address: str | None = typer.Option(
+        None, help="Ray cluster to join with --executor ray (same as --executor-option address=…)."
+    ),
 ):
     """Evaluate models on a suite or datasets; resumes where a previous run stopped."""
     from fundbench import run as run_
@@ -230,7 +262,10 @@ def run(
         device=device,
         limit=limit,
         prompts=prompts,
-        batch_size=batch_size,
+        batch_size=_parse_batch_size(batch_size),
+        workers=workers,
+        prefetch=prefetch,
+        precision=precision,
         bootstrap=bootstrap,
         cache=cache,
         config_file=config,
@@ -239,6 +274,7 @@ def run(
         lock_wait=wait_for_lock,
         shard=shard,
         executor=executor,
+        executor_options=_executor_options(executor_option, ray_address),
     )
     from fundbench.util.interrupt import RunInterrupted
 

@@ -25,14 +25,14 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fundbench.api.images import decode_image
+from fundbench.features.loader import DecodedImages, Forward, batches, stage_of, start_size
+from fundbench.features.options import ExtractionOptions
 from fundbench.util import interrupt
 from fundbench.util.atomic import write_atomic
 from fundbench.util.locks import exclusive
@@ -46,21 +46,23 @@ if TYPE_CHECKING:
 #: Bump when the extraction changes in a way that alters embeddings.
 #: 2: exact full-resolution decoding and the authors' library resize/crop operations.
 EXTRACTOR_VERSION = "2"
-#: Threads decoding the next batch while the model runs the current one.
+#: Threads checking images before a run (the extraction itself uses worker processes).
 DECODE_THREADS = 2
 
 
-def model_cache_key(model: Model) -> str:
-    text = "|".join(
-        [
-            model.weights_digest,
-            model.preprocess_config.digest(),
-            EXTRACTOR_VERSION,
-            type(model).__qualname__,
-            model.variant,
-        ]
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+def model_cache_key(model: Model, numerics: str = "") -> str:
+    """The feature-cache folder of a model's embeddings: its weights, preprocessing, class
+    and variant, and ``numerics`` (:attr:`ExtractionOptions.numerics`: "" at fp32)."""
+    parts = [
+        model.weights_digest,
+        model.preprocess_config.digest(),
+        EXTRACTOR_VERSION,
+        type(model).__qualname__,
+        model.variant,
+    ]
+    if numerics:
+        parts.append(numerics)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -81,9 +83,14 @@ class ExtractionStats:
 class FeatureStore:
     root: Path
     shard_size: int = 256
+    options: ExtractionOptions = field(default_factory=ExtractionOptions)
     _loaded: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     #: shard file names already read into ``_loaded``, per key
     _read: dict[str, set[str]] = field(default_factory=dict)
+
+    def key(self, model: Model) -> str:
+        """The cache key of ``model``'s embeddings under this store's options."""
+        return model_cache_key(model, self.options.numerics)
 
     def _folder(self, key: str) -> Path:
         return Path(self.root) / key
@@ -128,7 +135,7 @@ class FeatureStore:
         paths: Sequence[str],
         digests: Sequence[str],
         *,
-        batch_size: int | None = None,
+        batch_size: int | str | None = None,
         progress: Callable[[int, int], None] | None = None,
         stats: ExtractionStats | None = None,
     ) -> np.ndarray:
@@ -137,7 +144,7 @@ class FeatureStore:
         self.extract(
             [model], paths, digests, batch_size=batch_size, progress=progress, stats=[stats]
         )
-        table = self.known(model_cache_key(model))
+        table = self.known(self.key(model))
         return np.stack([table[d] for d in digests]).astype(np.float32)
 
     def extract(
@@ -146,13 +153,13 @@ class FeatureStore:
         paths: Sequence[str],
         digests: Sequence[str],
         *,
-        batch_size: int | None = None,
+        batch_size: int | str | None = None,
         progress: Callable[[int, int], None] | None = None,
         stats: Sequence[ExtractionStats] | None = None,
     ) -> None:
         """Fill the cache of every model for these images in one pass over the files."""
         stats = list(stats) if stats is not None else [ExtractionStats() for _ in models]
-        keys = [model_cache_key(model) for model in models]
+        keys = [self.key(model) for model in models]
         busy = sorted({key for key in keys if self._todo(key, paths, digests)})
         if not busy:
             for st in stats:
@@ -173,8 +180,7 @@ class FeatureStore:
                 if todo:
                     jobs.append(_Job(model, key, todo, st))
             if jobs:
-                size = batch_size or min(job.model.default_batch_size for job in jobs)
-                self._extract(jobs, size, progress)
+                self._extract(jobs, batch_size, progress)
 
     def _todo(self, key: str, paths: Sequence[str], digests: Sequence[str]) -> dict[str, str]:
         table, todo = self.known(key), {}
@@ -183,63 +189,60 @@ class FeatureStore:
                 todo[digest] = path
         return todo
 
+    def ingest(self, key: str, digests: Sequence[str], x: np.ndarray) -> None:
+        """Embeddings computed elsewhere (a worker without this filesystem): the ones this
+        cache lacks are saved as shards."""
+        with exclusive(self._folder(key), what="this model's feature cache", wait=None):
+            table = self.refresh(key)
+            new = {d: i for i, d in enumerate(digests) if d not in table}
+            ids = list(new)
+            for start in range(0, len(ids), self.shard_size):
+                chunk = ids[start : start + self.shard_size]
+                self._save_shard(key, chunk, x[[new[d] for d in chunk]])
+
     def missing(self, model: Model, digests: Sequence[str]) -> set[str]:
         """The digests among ``digests`` that ``model`` has no cached embedding for."""
-        table = self.known(model_cache_key(model))
+        table = self.known(self.key(model))
         return {d for d in digests if d not in table}
 
     def _extract(
         self,
         jobs: list[_Job],
-        batch_size: int,
+        batch_size: int | None,
         progress: Callable[[int, int], None] | None,
     ) -> None:
+        import torch
+
         start = time.perf_counter()
         items: dict[str, str] = {}
         for job in jobs:
             items.update(job.todo)
-        order = list(items.items())
-
-        import torch
-
-        def load(digest: str, path: str) -> dict[int, torch.Tensor]:
-            """Decode once per decode key; preprocess for every job that needs the image."""
-            decoded: dict[tuple, object] = {}
-            out = {}
+        requested = self.options.batch_size if batch_size is None else batch_size
+        for job in jobs:
+            size = start_size(job.model, requested, self.options, job.key)
+            job.forward = Forward(job.model, self.options, job.key, size, auto=requested == "auto")
+        images = DecodedImages(list(items.items()), [stage_of(j.model, j.todo) for j in jobs])
+        loader_batch = max(job.forward.size for job in jobs)
+        device = torch.device(jobs[0].model.device)
+        done, t0 = 0, time.perf_counter()
+        for indices, per_job in batches(images, loader_batch, self.options, device):
+            waited = time.perf_counter() - t0
+            last = done + len(indices) == len(images)
             for j, job in enumerate(jobs):
-                if digest in job.todo:
-                    config = job.model.preprocess_config
-                    if config.decode_key not in decoded:
-                        decoded[config.decode_key] = decode_image(path, config)
-                    out[j] = job.model.preprocess(decoded[config.decode_key])
-            return out
-
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        done = 0
-        # Decoding runs in threads (PIL releases the GIL) while the models run the batch before.
-        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-            futures = [pool.submit(load, d, p) for d, p in batches[0]]
-            for i, batch in enumerate(batches):
-                t0 = time.perf_counter()
-                loaded = [f.result() for f in futures]
-                waited = time.perf_counter() - t0
-                if i + 1 < len(batches):
-                    futures = [pool.submit(load, d, p) for d, p in batches[i + 1]]
-                last = i + 1 == len(batches)
-                for j, job in enumerate(jobs):
-                    job.stats.decode_wait_s += waited
-                    mine = [(d, x[j]) for (d, _), x in zip(batch, loaded, strict=True) if j in x]
-                    if mine:
-                        job.forward([d for d, _ in mine], torch.stack([x for _, x in mine]))
-                    if job.pending_ids and (len(job.pending_ids) >= self.shard_size or last):
-                        self._flush(job)
-                done += len(batch)
-                if progress:
-                    progress(done, len(order))
-                if interrupt.requested() is not None:  # keep what was computed, then stop
-                    for job in jobs:
-                        self._flush(job)
-                    interrupt.check()
+                job.stats.decode_wait_s += waited
+                if j in per_job:
+                    positions, tensor = per_job[j]
+                    job.run([images.items[i][0] for i in positions], tensor)
+                if job.pending_ids and (len(job.pending_ids) >= self.shard_size or last):
+                    self._flush(job)
+            done += len(indices)
+            if progress:
+                progress(done, len(images))
+            if interrupt.requested() is not None:  # keep what was computed, then stop
+                for job in jobs:
+                    self._flush(job)
+                interrupt.check()
+            t0 = time.perf_counter()
         elapsed = time.perf_counter() - start
         for job in jobs:
             job.stats.total_s += elapsed
@@ -299,12 +302,11 @@ class _Job:
     pending_ids: list[str] = field(default_factory=list)
     pending_x: list[np.ndarray] = field(default_factory=list)
 
-    def forward(self, ids: list[str], tensor: torch.Tensor) -> None:
-        import torch
+    forward: Forward | None = None
 
+    def run(self, ids: list[str], batch: torch.Tensor) -> None:
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = self.model.encode_images(tensor.to(self.model.device)).float().cpu().numpy()
+        out = self.forward(batch).numpy()
         self.stats.forward_s += time.perf_counter() - t0
         self.stats.images += len(ids)
         self.pending_ids += ids

@@ -27,13 +27,14 @@ from fundbench.api.definitions import TaskDefinition
 from fundbench.api.errors import ConfigError, DataError, DatasetMissing
 from fundbench.api.images import image_problem
 from fundbench.data.datasets import Dataset, load_dataset, without_images
+from fundbench.features.options import ExtractionOptions
 from fundbench.features.store import DECODE_THREADS, FeatureStore
 from fundbench.host.loading import Host
 from fundbench.host.registry import Entry, call_plugin
 from fundbench.models.build import build_model, resolve_model_inputs
 from fundbench.models.weights import RunFile
 from fundbench.runs import facts as facts_lib
-from fundbench.runs.executors import Executor, UnitResult
+from fundbench.runs.executors import Executor, Extracted, UnitResult, UnitTicket
 from fundbench.runs.pairs import PairPlan, extract_together
 from fundbench.runs.plan import (
     ModelSpec,
@@ -43,6 +44,7 @@ from fundbench.runs.plan import (
     take_shard,
     work_units,
 )
+from fundbench.runs.records import write_record
 from fundbench.runs.summary import finalize, write_invocation, write_unit
 from fundbench.runs.validation import check_prompt_coverage, check_run_config
 from fundbench.util import interrupt
@@ -74,7 +76,15 @@ class RunConfig:
     device: str = "cpu"
     limit: int | None = None
     prompts: Path | None = None
-    batch_size: int | None = None
+    #: images per forward pass: a whole number, "auto" (halve on out-of-memory, remember
+    #: what fit) or None (the model's default)
+    batch_size: int | str | None = None
+    #: DataLoader worker processes decoding images (None: the CPUs this process may use)
+    workers: int | None = None
+    #: batches each worker prepares ahead
+    prefetch: int = 2
+    #: fp32 | bf16 | fp16 (autocast; part of the cache key and the provenance)
+    precision: str = "fp32"
     bootstrap: int | None = None
     cache: Path | None = None
     #: write OUT/report.html at the end (done by fundbench.run and the CLI, not the engine)
@@ -91,6 +101,8 @@ class RunConfig:
     shard: str | tuple[int, int] | None = None
     #: the executor that runs the work units (registered by plugins; built-in: inprocess)
     executor: str = "inprocess"
+    #: the executor's own options (e.g. ray: address; submitit: partition, gpus, timeout_min)
+    executor_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -150,6 +162,7 @@ class ModelRun:
             spec.entry.plugin.distribution,
             config.device,
             config.draft_decode,
+            config.precision,
         )
         self._facts = facts_lib.load(self.stamp)
 
@@ -208,26 +221,13 @@ def _run(
     after: Callable[[Path, RunSummary], None] | None,
 ) -> RunSummary:
     start = time.perf_counter()
-    # every option and file first (fundbench.runs.validation); the config file is read once
-    run_file = check_run_config(config)  # weights, model args, data roots
-    shard = parse_shard(config.shard)
-    model_entries, dataset_entries, tasks = resolve_plan(config, host)
-    executor = _executor(host, config.executor)
-    check_prompt_coverage(config.prompts, [e.obj for e in dataset_entries], tasks)
-    paper = host.suites.get(config.suite or DEFAULT_SUITE).obj.paper
-    model_inputs = resolve_model_inputs(
-        model_entries,
-        weights=config.weights,
-        model_options=config.model_options,
-        run_file=run_file,
-    )
-    specs = model_specs(model_entries, tasks, model_inputs, paper, config.draft_decode)
-    units = take_shard(work_units(specs, [e.name for e in dataset_entries]), shard)
+    plan = _resolve(config, host)  # every option, file and name, before any heavy work
+    executor = _executor(host, config.executor, config.executor_options)
     out = Path(config.out)
-    tag = "all" if shard is None else f"{shard[0]}-of-{shard[1]}"
+    shard = plan.shard
     held.enter_context(
         exclusive(
-            out if shard is None else out / "units" / "invocations" / tag,
+            out if shard is None else out / "units" / "invocations" / plan.tag,
             what="this results folder" if shard is None else f"shard {shard[0]}/{shard[1]}",
             wait=config.lock_wait,
             hint="wait for it to finish, choose another --out, or pass --wait-for-lock SECONDS",
@@ -236,26 +236,24 @@ def _run(
     for pattern in ("records/**/.*.tmp", ".*.tmp"):  # left by a run killed mid-write
         for stale in out.glob(pattern):
             stale.unlink(missing_ok=True)
-    store = FeatureStore(Path(config.cache) if config.cache else cache_dir() / "features")
-    # Build every model this invocation needs before any dataset is read: a bad checkpoint
-    # fails first.
+    store = feature_store(config)
     # Models are built before any dataset is read, so a bad checkpoint fails first, except
     # those whose stored facts say what planning needs (see ModelRun).
-    needed = {u.spec.key for u in units}
-    built = {spec.key: ModelRun(spec, config) for spec in specs if spec.key in needed}
+    needed = {u.spec.key for u in plan.units}
+    built = {spec.key: ModelRun(spec, config) for spec in plan.specs if spec.key in needed}
     for mr in built.values():
         mr.facts  # noqa: B018 - builds the model unless its facts are stored
-    wanted = {u.dataset for u in units}
+    wanted = {u.dataset for u in plan.units}
     datasets, missing = _load_datasets(
-        config, [e for e in dataset_entries if e.name in wanted], host, run_file
+        config, [e for e in plan.dataset_entries if e.name in wanted], host, plan.run_file
     )
-    units = [u for u in units if u.dataset in datasets]
+    units = [u for u in plan.units if u.dataset in datasets]
     plans = _plan_checked(datasets, units, built, store, config)  # fails before extraction
     summary.missing = missing
     info = {
         "config": _config_dict(config),
-        "shard": tag,
-        "paper_mode": paper,
+        "shard": plan.tag,
+        "paper_mode": plan.paper,
         "models": _describe_models(built.values()),
         "datasets": {
             d.id: {
@@ -278,7 +276,7 @@ def _run(
     interrupt.check()
     write_invocation(
         out,
-        tag,
+        plan.tag,
         {
             **info,
             "wall_s": round(summary.wall_s, 3),
@@ -291,9 +289,91 @@ def _run(
     return summary
 
 
-def _executor(host: Host, name: str) -> Executor:
+@dataclass
+class _Resolved:
+    """A run with every name and option checked: its model instances and work units."""
+
+    run_file: RunFile
+    shard: tuple[int, int] | None
+    paper: bool
+    specs: list[ModelSpec]
+    units: list[WorkUnit]
+    dataset_entries: list[Entry]
+
+    @property
+    def tag(self) -> str:
+        return "all" if self.shard is None else f"{self.shard[0]}-of-{self.shard[1]}"
+
+
+def _resolve(config: RunConfig, host: Host) -> _Resolved:
+    # every option and file first (fundbench.runs.validation); the config file is read once
+    run_file = check_run_config(config)  # weights, model args, data roots
+    shard = parse_shard(config.shard)
+    model_entries, dataset_entries, tasks = resolve_plan(config, host)
+    check_prompt_coverage(config.prompts, [e.obj for e in dataset_entries], tasks)
+    paper = host.suites.get(config.suite or DEFAULT_SUITE).obj.paper
+    model_inputs = resolve_model_inputs(
+        model_entries,
+        weights=config.weights,
+        model_options=config.model_options,
+        run_file=run_file,
+    )
+    specs = model_specs(model_entries, tasks, model_inputs, paper, config.draft_decode)
+    units = take_shard(work_units(specs, [e.name for e in dataset_entries]), shard)
+    return _Resolved(run_file, shard, paper, specs, units, dataset_entries)
+
+
+def extraction_options(config: RunConfig) -> ExtractionOptions:
+    """The run's extraction settings (checked: a bad value is one ConfigError line)."""
+    return ExtractionOptions(
+        workers=config.workers,
+        prefetch=config.prefetch,
+        precision=config.precision,
+        batch_size=config.batch_size,
+    )
+
+
+def feature_store(config: RunConfig) -> FeatureStore:
+    """The run's feature cache (``--cache``, else the user cache folder)."""
+    return FeatureStore(
+        Path(config.cache) if config.cache else cache_dir() / "features",
+        options=extraction_options(config),
+    )
+
+
+def worker_pair(ticket: UnitTicket, host: Host) -> tuple[PairPlan, FeatureStore]:
+    """One unit's pair, planned in a worker process (a Ray task, a Slurm job) exactly as the
+    driver planned it: the same config and unit, the model's facts as the driver knew them
+    (nothing is built until extraction needs the model) and the images it left out."""
+    config = ticket.config
+    plan = _resolve(config, host)
+    unit = next((u for u in plan.units if u.id == ticket.unit), None)
+    if unit is None:
+        raise ConfigError(
+            f"work unit {ticket.unit} is not part of this run on this worker; the worker's "
+            "installed plugins or definitions differ from the driver's: install the same "
+            "versions on every node"
+        )
+    mr = ModelRun(unit.spec, config)
+    mr._facts = ticket.facts
+    entry = next(e for e in plan.dataset_entries if e.name == unit.dataset)
+    datasets, _ = _load_datasets(config, [entry], host, plan.run_file)
+    dataset = datasets[unit.dataset]
+    if ticket.skipped:
+        dataset = without_images(dataset, dict(ticket.skipped))
+    if dataset.manifest_digest != ticket.manifest_digest:
+        raise DataError(
+            f"dataset {unit.dataset!r} differs on this worker (manifest "
+            f"{dataset.manifest_digest[:12]} vs the driver's {ticket.manifest_digest[:12]}); "
+            "every node must see the same files at the same paths"
+        )
+    store = feature_store(config)
+    return PairPlan.make(mr, dataset, config, store), store
+
+
+def _executor(host: Host, name: str, options: dict) -> Executor:
     entry = host.executors.get(name)
-    return call_plugin(entry, "failed to start", entry.load())
+    return call_plugin(entry, "failed to start", entry.load(), **options)
 
 
 def _describe_models(runs) -> dict:
@@ -313,8 +393,12 @@ def _describe_models(runs) -> dict:
 
 
 class _Session:
-    """The in-process work of units: per dataset, one decode pass for every model that
-    still needs features, then each pair's cells; each unit's summary written as it ends."""
+    """The driver's work of units. In this process (:meth:`run_units`): per dataset, one
+    decode pass for every model that still needs features, then each pair's cells, each
+    unit's summary written as it ends. For executors that send work elsewhere: a unit's
+    :meth:`ticket` for the worker, then :meth:`ingest` of the features a worker extracted
+    and :meth:`accept` of the records it computed, written here: the driver owns the
+    records, the feature cache writes it does and the run summary."""
 
     def __init__(self, config, store, summary, datasets, plans) -> None:
         self.config, self.store, self.summary = config, store, summary
@@ -334,20 +418,69 @@ class _Session:
             for unit, pair in zip(mine, pairs, strict=True):
                 before = (self.summary.computed, self.summary.reused, self.summary.not_applicable)
                 pair.compute(self.config, self.summary)
-                stats = pair.stats.as_dict() if pair.stats.images or pair.stats.cached else {}
-                result = UnitResult(
-                    unit.id,
-                    unit.spec.entry.name,
-                    name,
-                    pair.run.facts.variant,
-                    self.summary.computed - before[0],
-                    self.summary.reused - before[1],
-                    self.summary.not_applicable - before[2],
-                    stats,
-                )
-                write_unit(self.config.out, result.as_dict())
-                results.append(result)
+                results.append(self._finished(unit, pair, before))
         return results
+
+    def pending(self, unit: WorkUnit) -> bool:
+        """Whether the unit has a cell left to compute."""
+        return bool(self.plans[unit.id].pending)
+
+    def ticket(self, unit: WorkUnit) -> UnitTicket:
+        """What a worker needs to plan this unit exactly as this driver did."""
+        pair = self.plans[unit.id]
+        return UnitTicket(
+            config=self.config,
+            unit=unit.id,
+            facts=pair.run.facts,
+            manifest_digest=pair.dataset.manifest_digest,
+            skipped=tuple((s["path"], s["reason"]) for s in pair.dataset.skipped),
+        )
+
+    def ingest(self, unit: WorkUnit, extracted: Extracted) -> None:
+        """Features a worker extracted: into this driver's feature cache (nothing to write
+        when the worker shares its filesystem: its shards are already there)."""
+        pair = self.plans[unit.id]
+        if extracted.key is not None and extracted.x is not None:
+            self.store.ingest(extracted.key, list(pair.dataset.table["sha256"]), extracted.x)
+        for name, value in extracted.stats.items():
+            setattr(pair.stats, name, getattr(pair.stats, name) + value)
+
+    def accept(self, unit: WorkUnit, records: list[dict]) -> UnitResult:
+        """A worker's records of this unit's pending cells: written here, then the unit's
+        summary."""
+        pair = self.plans[unit.id]
+        before = (self.summary.computed, self.summary.reused, self.summary.not_applicable)
+        expected = {p[4] for p in pair.pending}
+        got = {r["fingerprint"] for r in records}
+        if got != expected:
+            raise DataError(
+                f"work unit {unit.id} ({unit.spec.entry.name} on {unit.dataset}) came back with "
+                f"{len(got)} records for {len(expected)} pending cells; the worker's "
+                "installation differs from the driver's"
+            )
+        self.summary.reused += len(pair.plan) - len(pair.pending)
+        for record in records:
+            write_record(self.config.out, record)
+            if record["status"] == "ok":
+                self.summary.computed += 1
+            else:
+                self.summary.not_applicable += 1
+        return self._finished(unit, pair, before)
+
+    def _finished(self, unit: WorkUnit, pair: PairPlan, before: tuple) -> UnitResult:
+        stats = pair.stats.as_dict() if pair.stats.images or pair.stats.cached else {}
+        result = UnitResult(
+            unit.id,
+            unit.spec.entry.name,
+            unit.dataset,
+            pair.run.facts.variant,
+            self.summary.computed - before[0],
+            self.summary.reused - before[1],
+            self.summary.not_applicable - before[2],
+            stats,
+        )
+        write_unit(self.config.out, result.as_dict())
+        return result
 
 
 def _load_datasets(

@@ -13,9 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fundbench.runs.plan import WorkUnit
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fundbench.runs.engine import RunConfig
+    from fundbench.runs.facts import ModelFacts
 
 
 @dataclass
@@ -35,10 +41,47 @@ class UnitResult:
         return dict(vars(self))
 
 
+@dataclass(frozen=True)
+class UnitTicket:
+    """Everything a worker process needs to redo the driver's planning of one unit: the
+    run's config, the unit's id, its model's facts (so nothing is built before extraction
+    needs it) and the dataset as the driver saw it (its manifest digest, the images it left
+    out). Small and picklable: Ray and submitit ship it to the worker."""
+
+    config: RunConfig
+    unit: str
+    facts: ModelFacts
+    manifest_digest: str
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Extracted:
+    """What a worker's extraction gives back: the unit's embeddings in dataset order (under
+    feature-cache key ``key``; None when no cell reads them), the class text embeddings
+    (None when no cell reads them) and its extraction statistics."""
+
+    key: str | None
+    x: np.ndarray | None
+    text_weights: np.ndarray | None
+    stats: dict = field(default_factory=dict)
+
+
 class Session(Protocol):
-    """The work of units in one process (implemented by the engine)."""
+    """The driver's work of units (implemented by the engine): :meth:`run_units` does it in
+    this process; executors that send units elsewhere hand a worker the unit's
+    :meth:`ticket` (see :mod:`fundbench.runs.remote`), then give the results back with
+    :meth:`ingest` and :meth:`accept`."""
 
     def run_units(self, units: Sequence[WorkUnit]) -> list[UnitResult]: ...
+
+    def pending(self, unit: WorkUnit) -> bool: ...
+
+    def ticket(self, unit: WorkUnit) -> UnitTicket: ...
+
+    def ingest(self, unit: WorkUnit, extracted: Extracted) -> None: ...
+
+    def accept(self, unit: WorkUnit, records: list[dict]) -> UnitResult: ...
 
 
 class Executor(Protocol):

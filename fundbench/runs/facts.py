@@ -95,7 +95,9 @@ class ModelFacts:
         return cls(**data)
 
 
-def stamp(key: str, options: dict, distribution: str, device: str, draft: bool) -> str:
+def stamp(
+    key: str, options: dict, distribution: str, device: str, draft: bool, precision: str = "fp32"
+) -> str:
     """A digest of everything that decides what building this model gives."""
     versions = {}
     for name in {*_LIBRARIES, distribution}:
@@ -111,6 +113,7 @@ def stamp(key: str, options: dict, distribution: str, device: str, draft: bool) 
             "versions": versions,
             "device": device,
             "draft": draft,
+            **({"precision": precision} if precision != "fp32" else {}),
         }
     )[:24]
 

@@ -4,6 +4,7 @@ already written, its features loaded on first need, each cell computed and recor
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from fundbench.api.model import Model
     from fundbench.runs.engine import ModelRun, RunConfig, RunSummary
 
+#: protocols whose cells can read class text embeddings
+TEXT_PROTOCOLS = ("zero_shot", "few_shot")
 #: Bump when protocol code changes numbers for the same inputs (invalidates old records).
 #: 2: the tuned linear probe standardises features; 3: each model's own zero-shot convention
 EVAL_VERSION = "3"
@@ -73,6 +76,8 @@ class PairPlan:
             "prompts_digest": prompts.digest if prompts else None,
             "zero_shot": model.zero_shot_convention(),
             "eval_version": EVAL_VERSION,
+            # fp32 exact decoding adds nothing, so records from before these options match
+            **({"numerics": numerics} if (numerics := store.options.numerics) else {}),
         }
         modality_reason = None
         if dataset.definition.modality not in model.modalities:
@@ -86,7 +91,7 @@ class PairPlan:
             dataset,
             logit_scale=float(model.logit_scale),
             no_text_reason=_no_text_reason(model, dataset, prompts),
-            load_features=lambda: _features(entry.name, mr.model, dataset, config, store, stats),
+            load_features=lambda: Features.from_dataset(dataset, plan_.embeddings(config, store)),
             load_text_weights=lambda: _text_weights(mr.model, dataset, prompts),
         )
         plan = []
@@ -112,14 +117,16 @@ class PairPlan:
             "weights_digest": model.weights_digest,
             "dataset_manifest_digest": dataset.manifest_digest,
             "preprocess_digest": base["preprocess_digest"],
-            "decoding": "draft" if model.preprocess_config.draft else "exact",
+            "decoding": store.options.decoding(model.preprocess_config),
+            "precision": store.options.precision,
             "prompts_digest": base["prompts_digest"],
             "prompts_source": prompts.source if prompts else None,
             "prompt_templates": list(prompts.templates) if prompts else None,
             "zero_shot": base["zero_shot"],
             "model_variant": model.variant,
         }
-        return cls(mr, dataset, ctx, base, plan, provenance, modality_reason, stats)
+        plan_ = cls(mr, dataset, ctx, base, plan, provenance, modality_reason, stats)
+        return plan_
 
     @property
     def pending(self) -> list:
@@ -134,7 +141,18 @@ class PairPlan:
         return any(p[0].protocol != "zero_shot" or text_free for p in self.pending)
 
     def compute(self, config: RunConfig, summary: RunSummary) -> None:
+        """Compute every pending cell and write its record as it is done."""
         summary.reused += len(self.plan) - len(self.pending)
+        for record in self.records():
+            write_record(config.out, record)
+            if record["status"] == "ok":
+                summary.computed += 1
+            else:
+                summary.not_applicable += 1
+
+    def records(self) -> Iterator[dict]:
+        """Each pending cell's record, computed one at a time (a cell boundary between each:
+        a stop request is honoured there)."""
         if not self.pending:
             return
         name = self.run.entry.name
@@ -155,12 +173,43 @@ class PairPlan:
                     {**self.provenance, "task_digest": task_digest},
                 )
                 record["contamination"] = self.base["contamination"]
-                write_record(config.out, record)
-                if outcome.reason:
-                    summary.not_applicable += 1
-                else:
-                    summary.computed += 1
+                yield record
                 progress.advance(bar)
+
+    @property
+    def needs_text(self) -> bool:
+        """Whether a pending cell will read the class text embeddings."""
+        return (
+            self.modality_reason is None
+            and self.ctx.no_text_reason is None
+            and any(p[0].protocol in TEXT_PROTOCOLS for p in self.pending)
+        )
+
+    def embeddings(self, config: RunConfig, store: FeatureStore) -> np.ndarray:
+        """The dataset's embeddings [N, D] in table order, extracting what is not cached."""
+        table = self.dataset.table
+        name = self.run.entry.name
+        with progress_callback(f"embedding {self.dataset.id} with {name}") as report:
+            return store.embeddings(
+                self.run.model,
+                table["path"].tolist(),
+                table["sha256"].tolist(),
+                batch_size=config.batch_size,
+                progress=report,
+                stats=self.stats,
+            )
+
+    def text_embeddings(self) -> np.ndarray:
+        """The class text embeddings of the dataset's prompts (builds the model)."""
+        return self.ctx.text_weights
+
+    def provide(self, x: np.ndarray | None, text_weights: np.ndarray | None) -> None:
+        """Hand the pair features computed elsewhere (a worker): its cells then read these
+        instead of extracting. ``x`` is in the dataset table's order."""
+        if x is not None:
+            self.ctx.features = Features.from_dataset(self.dataset, x)
+        if text_weights is not None:
+            self.ctx.text_weights = text_weights
 
 
 def extract_together(
@@ -187,27 +236,6 @@ def _no_text_reason(model: Model, dataset: Dataset, prompts) -> str | None:
     if prompts is None:
         return f"dataset {dataset.id!r} defines no prompts"
     return None
-
-
-def _features(
-    name: str,
-    model: Model,
-    dataset: Dataset,
-    config: RunConfig,
-    store: FeatureStore,
-    stats: ExtractionStats,
-) -> Features:
-    table = dataset.table
-    with progress_callback(f"embedding {dataset.id} with {name}") as report:
-        x = store.embeddings(
-            model,
-            table["path"].tolist(),
-            table["sha256"].tolist(),
-            batch_size=config.batch_size,
-            progress=report,
-            stats=stats,
-        )
-    return Features.from_dataset(dataset, x)
 
 
 def _text_weights(model: Model, dataset: Dataset, prompts) -> np.ndarray:

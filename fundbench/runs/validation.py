@@ -49,8 +49,10 @@ def check_run_config(config: RunConfig) -> RunFile:
             raise ConfigError(f"{option}: expected a list of names, got {names!r:.80}")
     if config.suite is not None and not isinstance(config.suite, str):
         raise ConfigError(f"--suite: expected a name, got {config.suite!r:.80}")
+    from fundbench.runs.engine import extraction_options
+
+    extraction_options(config)  # --workers, --prefetch, --precision, --batch-size
     for option, value in (
-        ("--batch-size", config.batch_size),
         ("--bootstrap", config.bootstrap),
         ("--seeds", config.seeds),
         ("--limit", config.limit),
@@ -61,6 +63,7 @@ def check_run_config(config: RunConfig) -> RunFile:
     if isinstance(wait, bool) or not isinstance(wait, numbers.Real) or not 0 <= wait < math.inf:
         raise ConfigError(f"--wait-for-lock {wait!r}: must be a number of seconds >= 0")
     check_device(config.device)
+    name_value_pairs("--executor-option", config.executor_options)
     for name, value in name_value_pairs("--weights", config.weights):
         existing_path(f"--weights {name + '=' if name else ''}{value}", value)
     for model, options in name_value_pairs("--model-arg", config.model_options):

@@ -222,6 +222,17 @@ def parse_model_args(values: Iterable[str]) -> dict[str, dict]:
     return options
 
 
+def parse_key_values(option: str, values: Iterable[str]) -> dict[str, Any]:
+    """``OPTION KEY=VALUE`` pairs (VALUE is YAML), e.g. ``--executor-option gpus=1``."""
+    pairs: dict[str, Any] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not (sep and key.strip()):
+            raise ConfigError(f"{option} {value!r}: expected KEY=VALUE")
+        pairs[key.strip()] = yaml_value(f"{option} {value}", raw)
+    return pairs
+
+
 def yaml_value(label: str, raw: str) -> Any:
     """A ``NAME=VALUE`` pair's VALUE read as YAML, one line naming ``label`` if it is not."""
     try:

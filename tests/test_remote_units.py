@@ -1,0 +1,153 @@
+"""The worker side of remote executors (fundbench.runs.remote), without a cluster: a
+loopback executor ships each unit's ticket and results through pickle, as Ray and submitit
+do, and the run must give exactly the in-process run's records."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+
+from fundbench import RunConfig, hookimpl, run
+from fundbench.api.errors import DataError
+from fundbench.host.loading import Host
+from fundbench.host.registry import PluginInfo
+from fundbench.runs import remote
+from fundbench.runs.records import iter_records
+
+
+def _through_pickle(value):
+    return pickle.loads(pickle.dumps(value))
+
+
+class LoopbackExecutor:
+    """The Ray executor's protocol in one process: extract, ingest, fit, accept."""
+
+    def __init__(self, **options) -> None:
+        self.options = options
+
+    def execute(self, units, session):
+        results = []
+        for unit in units:
+            if not session.pending(unit):
+                results.append(session.accept(unit, []))
+                continue
+            ticket = _through_pickle(session.ticket(unit))
+            extracted = _through_pickle(remote.extract(ticket))
+            session.ingest(unit, extracted)
+            records = _through_pickle(remote.fit(ticket, extracted))
+            results.append(session.accept(unit, records))
+        return results
+
+
+class WholeUnitExecutor:
+    """The submitit executor's protocol in one process: each unit done by run_here."""
+
+    def __init__(self, **options) -> None:
+        pass
+
+    def execute(self, units, session):
+        return [remote.run_here(_through_pickle(session.ticket(u))) for u in units]
+
+
+class _Plugin:
+    @hookimpl
+    def fundbench_register_executors(self, register):
+        register("loopback", LoopbackExecutor, description="test: remote protocol in-process")
+        register("whole_unit", WholeUnitExecutor, description="test: run_here in-process")
+
+
+@pytest.fixture(scope="module")
+def host() -> Host:
+    host = Host().load_entry_points()
+    assert host.add_plugin(_Plugin(), PluginInfo("loop", "loop-tests", "1.0")), host.problems
+    return host
+
+
+def _config(root, name, **kw) -> RunConfig:
+    return RunConfig(
+        models=["random_init"],
+        datasets=["synth_glaucoma", "synth_dr"],
+        limit=8,
+        bootstrap=10,
+        out=root / name / "out",
+        cache=root / name / "cache",
+        **kw,
+    )
+
+
+def values(out) -> dict:
+    """Per cell: status, fingerprint, metrics, predictions, counts."""
+    return {
+        json.dumps(r["cell"], sort_keys=True): {
+            k: r.get(k)
+            for k in ("status", "fingerprint", "metrics", "predictions", "n_train", "n_test")
+        }
+        for r in iter_records(out)
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, host):
+    root = tmp_path_factory.mktemp("ref")
+    summary = run(_config(root, "ref"), host)
+    assert summary.computed > 0
+    return root / "ref" / "out"
+
+
+@pytest.mark.parametrize("executor", ["loopback", "whole_unit"])
+def test_remote_protocol_gives_the_in_process_records(host, reference, tmp_path, executor):
+    out = tmp_path / executor / "out"
+    summary = run(_config(tmp_path, executor, executor=executor), host)
+    assert values(out) == values(reference) and len(values(out)) > 4
+    merged = json.loads((out / "run.json").read_text())
+    assert merged["cells"] == json.loads((reference / "run.json").read_text())["cells"]
+    if executor == "loopback":  # the driver wrote the cache from what the worker sent
+        assert summary.extraction["random_init/synth_dr"]["images"] > 0
+    # a rerun through the same executor reuses every cell
+    again = run(_config(tmp_path, executor, executor=executor), host)
+    assert again.computed == 0 and again.reused == summary.computed + summary.not_applicable
+
+
+def test_ingest_writes_only_the_missing_embeddings(tmp_path):
+    import numpy as np
+
+    from fundbench.features.store import FeatureStore
+
+    store = FeatureStore(tmp_path, shard_size=3)
+    x = np.arange(20, dtype=np.float32).reshape(5, 4)
+    store.ingest("k", ["a", "b", "c", "d", "e"], x)
+    assert len(list((tmp_path / "k").glob("shard-*.npz"))) == 2
+    store.ingest("k", ["a", "b", "c", "d", "e"], x)  # nothing new: nothing written
+    assert len(list((tmp_path / "k").glob("shard-*.npz"))) == 2
+    fresh = FeatureStore(tmp_path)
+    assert np.array_equal(fresh.known("k")["d"], x[3])
+
+
+def test_a_worker_that_sees_other_files_refuses(host, tmp_path):
+    from fundbench.runs import engine
+
+    config = _config(tmp_path, "w")
+    seen = {}
+
+    class Spy(LoopbackExecutor):
+        def execute(self, units, session):
+            seen["ticket"] = session.ticket(units[0])
+            return []
+
+    class P:
+        @hookimpl
+        def fundbench_register_executors(self, register):
+            register("spy", Spy)
+
+    assert host.add_plugin(P(), PluginInfo("spy", "spy-tests", "1.0"))
+    run(_config(tmp_path, "w", executor="spy"), host)
+    ticket = seen["ticket"]
+    from dataclasses import replace
+
+    with pytest.raises(DataError, match="differs on this worker"):
+        engine.worker_pair(replace(ticket, manifest_digest="0" * 64), host)
+    with pytest.raises(Exception, match="not part of this run"):
+        engine.worker_pair(replace(ticket, unit="nope"), host)
+    assert config.out.parent.exists()
