@@ -151,3 +151,38 @@ def test_a_worker_that_sees_other_files_refuses(host, tmp_path):
     with pytest.raises(Exception, match="not part of this run"):
         engine.worker_pair(replace(ticket, unit="nope"), host)
     assert config.out.parent.exists()
+
+
+class _RemoteSpy:
+    """A remote executor that records the tickets it would send."""
+
+    remote = True
+    tickets: list = []
+
+    def __init__(self, **options) -> None:
+        pass
+
+    def execute(self, units, session):
+        type(self).tickets = [session.ticket(u) for u in units if session.pending(u)]
+        return []
+
+
+class _SpyPlugin:
+    @hookimpl
+    def fundbench_register_executors(self, register):
+        register("remote_spy", _RemoteSpy, description="test: a remote executor")
+
+
+def test_a_remote_driver_needs_no_gpu_for_a_cuda_run(host, tmp_path):
+    """A Slurm login node or Ray head without a GPU plans a --device cuda run: the driver
+    builds models on its CPU for their facts, the workers get the cuda device."""
+    from fundbench.api.errors import ConfigError
+
+    assert host.add_plugin(_SpyPlugin(), PluginInfo("rspy", "rspy-tests", "1.0"))
+    if not __import__("torch").cuda.is_available():  # on this CPU machine: in-process refuses
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            run(_config(tmp_path, "local", device="cuda"), host)
+    run(_config(tmp_path, "remote", device="cuda", executor="remote_spy"), host)
+    tickets = _RemoteSpy.tickets
+    assert len(tickets) == 2 and all(t.config.device == "cuda" for t in tickets)
+    assert all(t.facts.weights_digest for t in tickets)

@@ -1,4 +1,6 @@
-"""Registers the built-in executor: every work unit in this process."""
+"""Registers the built-in executors: every work unit in this process, on a Ray cluster, or
+as a Slurm job array through submitit (those two import their library only when chosen:
+``pip install 'fundbench[ray]'`` / ``'fundbench[slurm]'``)."""
 
 from __future__ import annotations
 
@@ -11,4 +13,17 @@ def fundbench_register_executors(register):
         "inprocess",
         "fundbench.runs.executors:InProcessExecutor",
         description="every work unit in this process, one decode pass per dataset",
+    )
+    register(
+        "ray",
+        "fundbench.builtin.ray_executor:RayExecutor",
+        description="units as Ray tasks: extraction where the GPUs are, cell fitting on CPUs "
+        "(extra: fundbench[ray]; option: address)",
+    )
+    register(
+        "submitit",
+        "fundbench.builtin.submitit_executor:SubmititExecutor",
+        description="units as a Slurm job array through submitit (extra: fundbench[slurm]; "
+        "options: partition, gpus, timeout_min, cpus, mem_gb, array_parallelism, folder, "
+        "cluster, slurm_<parameter>; see examples/slurm/)",
     )

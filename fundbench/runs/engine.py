@@ -34,7 +34,7 @@ from fundbench.host.registry import Entry, call_plugin
 from fundbench.models.build import build_model, resolve_model_inputs
 from fundbench.models.weights import RunFile
 from fundbench.runs import facts as facts_lib
-from fundbench.runs.executors import Executor, Extracted, UnitResult, UnitTicket
+from fundbench.runs.executors import Extracted, UnitResult, UnitTicket
 from fundbench.runs.pairs import PairPlan, extract_together
 from fundbench.runs.plan import (
     ModelSpec,
@@ -148,8 +148,9 @@ class ModelRun:
     :class:`~fundbench.runs.facts.ModelFacts`, stored from an earlier build when its stamp
     still matches, so a warm rerun with nothing to compute builds nothing."""
 
-    def __init__(self, spec: ModelSpec, config: RunConfig) -> None:
+    def __init__(self, spec: ModelSpec, config: RunConfig, device: str | None = None) -> None:
         self.spec, self.config = spec, config
+        self.device = device or config.device
         self.entry, self.tasks, self.weights_source = (
             spec.entry,
             list(spec.tasks),
@@ -160,7 +161,7 @@ class ModelRun:
             spec.key,
             spec.options,
             spec.entry.plugin.distribution,
-            config.device,
+            self.device,
             config.draft_decode,
             config.precision,
         )
@@ -174,7 +175,7 @@ class ModelRun:
     def model(self) -> Model:
         """The real model, built now if it was not yet."""
         if self._model is None:
-            self._model = _built(self.entry, self.config, self.spec.options)
+            self._model = _built(self.entry, self.config, self.spec.options, self.device)
             self._facts = facts_lib.ModelFacts.of(self._model)
             facts_lib.save(self.stamp, self._facts)
         return self._model
@@ -188,8 +189,8 @@ class ModelRun:
         return self._facts
 
 
-def _built(entry: Entry, config: RunConfig, options: dict) -> Model:
-    model = build_model(entry, options, config.device)
+def _built(entry: Entry, config: RunConfig, options: dict, device: str) -> Model:
+    model = build_model(entry, options, device)
     if config.draft_decode:
         model.preprocess_config = replace(model.preprocess_config, draft=True)
     return model
@@ -221,8 +222,13 @@ def _run(
     after: Callable[[Path, RunSummary], None] | None,
 ) -> RunSummary:
     start = time.perf_counter()
-    plan = _resolve(config, host)  # every option, file and name, before any heavy work
-    executor = _executor(host, config.executor, config.executor_options)
+    entry = host.executors.get(config.executor)  # a typo fails first, with suggestions
+    factory = entry.load()
+    # an executor that sends units to other machines (Ray, Slurm) needs no GPU here: the
+    # device is checked, and models built on it, where the units run
+    remote = bool(getattr(factory, "remote", False))
+    plan = _resolve(config, host, device_here=not remote)  # every option, file and name
+    executor = call_plugin(entry, "failed to start", factory, **config.executor_options)
     out = Path(config.out)
     shard = plan.shard
     held.enter_context(
@@ -240,7 +246,8 @@ def _run(
     # Models are built before any dataset is read, so a bad checkpoint fails first, except
     # those whose stored facts say what planning needs (see ModelRun).
     needed = {u.spec.key for u in plan.units}
-    built = {spec.key: ModelRun(spec, config) for spec in plan.specs if spec.key in needed}
+    device = "cpu" if remote else config.device  # the driver of a remote run builds for facts
+    built = {spec.key: ModelRun(spec, config, device) for spec in plan.specs if spec.key in needed}
     for mr in built.values():
         mr.facts  # noqa: B018 - builds the model unless its facts are stored
     wanted = {u.dataset for u in plan.units}
@@ -269,14 +276,31 @@ def _run(
     }
     interrupt.arm()  # from here a first Ctrl-C/SIGTERM waits for the next cell boundary
     session = _Session(config, store, summary, datasets, plans)
-    for result in executor.execute(units, session):
+    try:
+        results = executor.execute(units, session)
+    except BaseException:
+        _summarise(out, plan.tag, info, summary, start)  # what finished stays in run.json
+        raise
+    for result in results:
         if result.extraction:
             summary.extraction[f"{result.model}/{result.dataset}"] = result.extraction
-    summary.wall_s = time.perf_counter() - start
+    # the units' own counts: an executor whose workers write records (submitit) did not
+    # count them in this process
+    for count in ("computed", "reused", "not_applicable"):
+        setattr(summary, count, sum(getattr(r, count) for r in results))
     interrupt.check()
+    _summarise(out, plan.tag, info, summary, start)
+    if after is not None:
+        after(out, summary)
+    return summary
+
+
+def _summarise(out: Path, tag: str, info: dict, summary: RunSummary, start: float) -> None:
+    """This invocation's summary, merged with every unit's into run.json."""
+    summary.wall_s = time.perf_counter() - start
     write_invocation(
         out,
-        plan.tag,
+        tag,
         {
             **info,
             "wall_s": round(summary.wall_s, 3),
@@ -284,9 +308,6 @@ def _run(
         },
     )
     finalize(out)
-    if after is not None:
-        after(out, summary)
-    return summary
 
 
 @dataclass
@@ -305,9 +326,9 @@ class _Resolved:
         return "all" if self.shard is None else f"{self.shard[0]}-of-{self.shard[1]}"
 
 
-def _resolve(config: RunConfig, host: Host) -> _Resolved:
+def _resolve(config: RunConfig, host: Host, device_here: bool = True) -> _Resolved:
     # every option and file first (fundbench.runs.validation); the config file is read once
-    run_file = check_run_config(config)  # weights, model args, data roots
+    run_file = check_run_config(config, device_here)  # weights, model args, data roots
     shard = parse_shard(config.shard)
     model_entries, dataset_entries, tasks = resolve_plan(config, host)
     check_prompt_coverage(config.prompts, [e.obj for e in dataset_entries], tasks)
@@ -346,7 +367,7 @@ def worker_pair(ticket: UnitTicket, host: Host) -> tuple[PairPlan, FeatureStore]
     driver planned it: the same config and unit, the model's facts as the driver knew them
     (nothing is built until extraction needs the model) and the images it left out."""
     config = ticket.config
-    plan = _resolve(config, host)
+    plan = _resolve(config, host, device_here=False)  # a CPU task needs no GPU
     unit = next((u for u in plan.units if u.id == ticket.unit), None)
     if unit is None:
         raise ConfigError(
@@ -369,11 +390,6 @@ def worker_pair(ticket: UnitTicket, host: Host) -> tuple[PairPlan, FeatureStore]
         )
     store = feature_store(config)
     return PairPlan.make(mr, dataset, config, store), store
-
-
-def _executor(host: Host, name: str, options: dict) -> Executor:
-    entry = host.executors.get(name)
-    return call_plugin(entry, "failed to start", entry.load(), **options)
 
 
 def _describe_models(runs) -> dict:

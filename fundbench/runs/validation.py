@@ -32,11 +32,12 @@ if TYPE_CHECKING:
     from fundbench.runs.engine import RunConfig
 
 
-def check_run_config(config: RunConfig) -> RunFile:
+def check_run_config(config: RunConfig, device_here: bool = True) -> RunFile:
     """Check every option and file of a run; returns the parsed run config file (read once).
 
     Raises one :class:`ConfigError` line naming the culprit; nothing is created or read
-    beyond the small files it parses.
+    beyond the small files it parses. ``device_here=False`` (an executor that runs the units
+    on other machines) checks the device's spelling, not that this machine has it.
     """
     from fundbench.data.prompts import read_prompt_file
     from fundbench.models.weights import CONFIG_ENV, RunFile
@@ -62,7 +63,7 @@ def check_run_config(config: RunConfig) -> RunFile:
     wait = getattr(config, "lock_wait", 0.0)  # seconds to wait for another run's lock
     if isinstance(wait, bool) or not isinstance(wait, numbers.Real) or not 0 <= wait < math.inf:
         raise ConfigError(f"--wait-for-lock {wait!r}: must be a number of seconds >= 0")
-    check_device(config.device)
+    check_device(config.device, available=device_here)
     name_value_pairs("--executor-option", config.executor_options)
     for name, value in name_value_pairs("--weights", config.weights):
         existing_path(f"--weights {name + '=' if name else ''}{value}", value)

@@ -99,12 +99,12 @@ def check_shots(shots: Any, shown: Any = None) -> list[int] | None:
 # -- the device ------------------------------------------------------------------------------
 
 
-def check_device(device: Any, option: str = "--device") -> str:
+def check_device(device: Any, option: str = "--device", available: bool = True) -> str:
     """A device this machine has: ``cpu``, ``cuda``, ``cuda:N`` (N < the GPU count) or
-    ``mps``."""
+    ``mps`` (with ``available=False``: only the spelling)."""
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
         raise ConfigError(f"{option} {device!r}: expected {DEVICES}")
-    if device == "cpu":
+    if device == "cpu" or not available:
         return device
     import torch
 
