@@ -5,6 +5,28 @@ Every default that comes from an upstream source says so in a comment; the rest 
 fundbench's own choices (V2's hyperparameters are not public, see
 the project's KeepFIT reference notes, ``keepfit.md`` section 2.3). ``README.md`` has the full
 table.
+
+Batch size and learning rate of the GPU preset
+-----------------------------------------------
+``paper`` trains with 96 categorical + 96 elite images per step (V1: 24 + 24): at 512 px and
+bf16 that measured 53 GiB peak on one 80 GB H100 (``docs/gpu/gpu_check_b96.json``), leaving
+room on 80-141 GB cards, and it about doubles images/s over 24 + 24. The rule for the
+learning rate is **no scaling**: ``stage2.lr`` stays V1's 1e-4 whatever the batch (V2
+publishes no optimisation settings, V1's value is the only published one, and we do not
+guess a scaling rule for AdamW on top of it). What scales with the batch is the number of
+steps: budgets and warm-up are given in epochs (``stage2.epochs``, ``stage2.warmup_epochs``),
+so a 4x larger batch takes 4x fewer, larger steps over the same data. Batch sizes are global: with
+``torchrun`` each of the N processes takes 1/N of them, so set ``stage2.batch_size=N*96``
+to keep 96 per GPU. ``--set stage2.batch_size=24 stage2.elite_batch_size=24`` gives V1's.
+
+Training-efficiency levers (``perf.*``)
+----------------------------------------
+Each lever of issue 13 is one switch in :class:`PerfConfig`, so each can be measured on and
+off (``python -m fundbench_keepfit_v2.gpu_check`` does). They choose *how* the recipe is
+computed (kernels, memory layout, precision on CUDA, the data pipeline), not *what*: like
+the device, they are not part of :meth:`Config.digest` and a run may be resumed with other
+levers. The CPU preset keeps the levers that would change its numerics on CPU off;
+``perf.bf16``/``tf32``/``cudnn_benchmark``/``pin_memory`` act on CUDA only.
 """
 
 from __future__ import annotations
@@ -105,10 +127,12 @@ class Stage2Config:
     #: Length in epochs over the categorical data, or in steps when ``steps`` > 0.
     epochs: float = 15.0  # V1 main_pretrain.py default
     steps: int = 0
-    batch_size: int = 24  # V1 main_pretrain.py default
+    #: Global categorical images per step. V1 main_pretrain.py: 24; ours 96 on a GPU
+    #: (module docstring: the learning rate is not scaled).
+    batch_size: int = 96
     #: Elite (image, caption) pairs per step; V1 draws as many as the main batch.
-    elite_batch_size: int = 24
-    lr: float = 1e-4  # V1
+    elite_batch_size: int = 96
+    lr: float = 1e-4  # V1, kept for every batch size
     weight_decay: float = 1e-5  # V1
     warmup_epochs: float = 1.0  # V1
     #: Light geometric/photometric augmentation of training images (no flips: captions
@@ -136,12 +160,48 @@ class TrainConfig:
     seed: int = 42  # V1 main_pretrain.py default
     grad_clip: float = 1.0  # V1
     checkpoint_every: int = 500
-    log_every: int = 1
+    #: Loss terms stay on the device between log points: the host reads them (one
+    #: synchronisation) every ``log_every`` steps, at checkpoints and at the end of a stage,
+    #: and a log line holds the mean over those steps. 1 = a line (and a sync) every step.
+    log_every: int = 20
     #: Stop (after checkpointing) once this many global steps are done; 0 = run to the end.
     #: Lets a long run be split into slices; ``--resume`` continues.
     stop_after: int = 0
     #: CPU threads for torch (0 = torch's default).
     threads: int = 0
+
+
+@dataclass
+class PerfConfig:
+    """Training-efficiency levers (see the module docstring); defaults are the GPU preset's."""
+
+    #: Model and image batches in ``torch.channels_last`` (NHWC convolutions on cuDNN and
+    #: oneDNN). The CPU preset has always trained this way.
+    channels_last: bool = True
+    #: bf16 autocast of the forward pass on CUDA (on CPU training stays fp32).
+    bf16: bool = True
+    #: TF32 tensor cores for the fp32 matmuls outside autocast (CUDA only).
+    tf32: bool = True
+    #: cuDNN autotuning of convolution algorithms for the fixed image shapes (CUDA only).
+    cudnn_benchmark: bool = True
+    #: BERT attention through ``torch.nn.functional.scaled_dot_product_attention``
+    #: (transformers ``attn_implementation="sdpa"``, transformers' own default); false:
+    #: transformers' ``eager`` attention. If the installed transformers cannot, training
+    #: says so in one line and keeps the attention transformers gives.
+    sdpa: bool = True
+    #: AdamW as one fused kernel on CUDA (``fused=True``), multi-tensor ``foreach`` elsewhere
+    #: (bit-identical to the per-parameter loop on CPU); false: torch's default choice.
+    fused_adamw: bool = True
+    #: ``torch.compile`` the ResNet trunk (fixed shapes, about 3/4 of the step's FLOPs). The
+    #: text encoder and caption decoder stay eager: their lengths change every batch (texts
+    #: are padded to the longest of the batch, and V1's pooling averages over the padding, so
+    #: padding to a fixed length would change the model). Single-process runs only.
+    compile: bool = True
+    #: Build batches in N ``DataLoader`` worker processes (decode + resize to uint8 only;
+    #: augmentation runs batched on the device). 0: one prefetch thread in this process.
+    loader_workers: int = 8
+    #: Page-locked host batches, copied with ``non_blocking=True`` (CUDA only).
+    pin_memory: bool = True
 
 
 @dataclass
@@ -155,6 +215,7 @@ class Config:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     # -- serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -174,8 +235,10 @@ class Config:
         return config
 
     def digest(self) -> str:
-        """SHA-256 of everything that changes the trained weights (logging cadence excluded)."""
+        """SHA-256 of everything that changes the trained weights (logging cadence excluded;
+        the ``perf`` levers excluded, like the device: they choose how, not what)."""
         data = self.to_dict()
+        data.pop("perf")
         for key in ("checkpoint_every", "log_every", "stop_after", "threads"):
             data["train"].pop(key)
         data["data"].pop("workers")
@@ -236,6 +299,8 @@ class Config:
         )
         need(self.train.checkpoint_every >= 1, "train.checkpoint_every", "must be positive")
         need(self.train.grad_clip > 0, "train.grad_clip", "must be positive")
+        need(self.train.log_every >= 1, "train.log_every", "must be positive")
+        need(self.perf.loader_workers >= 0, "perf.loader_workers", "must be >= 0 (0 = in-process)")
         need(len(self.data.datasets) >= 1, "data.datasets", "name at least one dataset")
         need(self.data.balance in ("none", "dataset"), "data.balance", "choose none or dataset")
         return self
@@ -245,7 +310,8 @@ class Config:
 
 
 def paper_preset() -> Config:
-    """ResNet-50 + Bio_ClinicalBERT at 512 px, V1 optimisation where V2's is unknown."""
+    """ResNet-50 + Bio_ClinicalBERT at 512 px, V1 optimisation where V2's is unknown, 96 + 96
+    images per step at V1's learning rate (module docstring), every ``perf`` lever on."""
     return Config(preset="paper")
 
 
@@ -291,7 +357,11 @@ def tiny_preset() -> Config:
             augment=True,
         ),
         data=DataConfig(preload=True, workers=2),
-        train=TrainConfig(checkpoint_every=100),
+        train=TrainConfig(checkpoint_every=100, log_every=1),
+        # Off: what would change the CPU numerics or cost more than it gives on 2 cores
+        # (compile: ~45 s of compilation for a 3-minute run; worker processes: the images
+        # are preloaded). fused_adamw means foreach on CPU: bit-identical, kept on.
+        perf=PerfConfig(compile=False, loader_workers=0, tf32=False, cudnn_benchmark=False),
     )
 
 

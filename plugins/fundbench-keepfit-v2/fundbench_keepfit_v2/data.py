@@ -16,7 +16,10 @@ distributed run therefore sees exactly the same global batches; each rank takes 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,14 +220,20 @@ def _guess_modality(name: str) -> str:
 
 class ImageSource:
     """Decoded training images as uint8 [3, R, R] tensors (exactly the model's preprocessing
-    before the /255), either preloaded once or decoded on demand by a thread pool."""
+    before the /255), either preloaded once or decoded on demand by a thread pool.
+
+    Safe to use from ``DataLoader`` worker processes (forked or spawned): the thread pool
+    belongs to the process that made it, and another process makes its own.
+    """
 
     def __init__(
         self, paths: list[str], resolution: int, *, preload: bool, workers: int, progress=None
     ) -> None:
         self.paths = paths
         self.pre = preprocess_config(resolution)
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        self.workers = max(1, workers)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         self.cache: dict[int, torch.Tensor] | None = None
         if preload:
             self.cache = {}
@@ -233,6 +242,20 @@ class ImageSource:
                 self.cache[i] = fut.result()
                 if progress is not None:
                     progress(i + 1, len(paths))
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        # A forked child inherits the parent's executor without its threads; using it would
+        # hang, so each process makes its own.
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(max_workers=self.workers)
+            self._pool_pid = os.getpid()
+        return self._pool
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_pool"], state["_pool_pid"] = None, 0
+        return state
 
     def _decode(self, i: int) -> torch.Tensor:
         tensor = self.pre.load(self.paths[i])  # exact decoding, as at evaluation
@@ -244,7 +267,9 @@ class ImageSource:
         return torch.stack(list(self.pool.map(self._decode, [int(i) for i in indices])))
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False)
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.shutdown(wait=False)
+        self._pool = None
 
 
 # -- seeded order and batches -----------------------------------------------------------------
@@ -319,7 +344,14 @@ def augment_params(step: int, seed: int, n: int) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Zoom/shift (zero fill, like the padding) and brightness/contrast jitter; no flips."""
+    """Zoom/shift (zero fill, like the padding) and brightness/contrast jitter; no flips.
+
+    Runs batched wherever ``images`` are -- in training, on the device, after the uint8
+    batch has been copied there and scaled to [0, 1] (:func:`fundbench_keepfit_v2.train.
+    batch_to_device`). The parameters come with the batch from :func:`augment_params`
+    (seeded by the step on the host), so the augmentation of every image is the same on
+    any device, with any number of loader workers, and on resume.
+    """
     n = images.shape[0]
     scale, dx, dy = params[:, 0], params[:, 1], params[:, 2]
     theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
@@ -375,11 +407,12 @@ class BatchMaker:
             whole_word=self.config.stage1.whole_word,
         )
         part = rank_slice(b, self.rank, self.world)
-        return {
+        batch = {
             "input_ids": ids[part],
             "attention_mask": enc["attention_mask"][part],
             "labels": labels[part],
         }
+        return drop_full_masks(batch)
 
     # stage 2 -------------------------------------------------------------------------------
     def stage2(self, step: int) -> dict:
@@ -427,4 +460,146 @@ class BatchMaker:
                 caption_mask=dec["attention_mask"][part],
                 elite_aug=augment_params(step, self.seed + 1, be)[part],
             )
+        return drop_full_masks(batch)
+
+
+#: BERT padding masks in batches; caption_mask (the decoder's targets) always stays.
+TEXT_MASKS = ("attention_mask", "cat_mask", "elite_mask")
+
+
+def drop_full_masks(batch: dict) -> dict:
+    """Leave out a text mask that has no padding (BERT then runs without one).
+
+    This is the decision transformers makes itself from the mask -- but made here, on the
+    host, while the batch is built, instead of by ``mask.all()`` on the device in every
+    forward pass; it also lets CUDA use its flash attention kernel for unpadded batches.
+    """
+    for key in TEXT_MASKS:
+        if key in batch and bool(batch[key].all()):
+            del batch[key]
+    return batch
+
+
+# -- batch streams ----------------------------------------------------------------------------
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` is ``make(start + i)``: a ``DataLoader`` over it builds whole global-batch
+    slices in its worker processes (the batches are pure functions of the step)."""
+
+    def __init__(self, make: Callable[[int], dict], start: int, stop: int) -> None:
+        self.make, self.start, self.stop = make, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.make(self.start + i)
+
+
+class BatchStream:
+    """Batches ``start .. stop`` of ``make`` in order, built ahead of the training step.
+
+    ``workers`` = 0: one prefetch thread in this process builds the next batch while the
+    current step runs (the CPU preset). ``workers`` > 0: a ``DataLoader`` with that many
+    worker processes (``perf.loader_workers``). ``pin``: batches in page-locked memory, so the
+    step's ``non_blocking`` copies overlap with compute (CUDA only; ignored elsewhere).
+    Either way the workers only decode and stack uint8 images and tokenise; augmentation
+    runs on the device. The global torch RNG is never touched (dropout keeps its stream).
+    """
+
+    def __init__(
+        self,
+        make: Callable[[int], dict],
+        start: int,
+        stop: int,
+        *,
+        workers: int = 0,
+        pin: bool = False,
+        timeout: float = 0,
+    ) -> None:
+        self.make, self.next_step, self.stop = make, start, stop
+        self.pin = pin and torch.cuda.is_available()
+        self.loader_iter: Iterator | None = None
+        self.thread: ThreadPoolExecutor | None = None
+        self.future: Future | None = None
+        if start >= stop:
+            return
+        if workers > 0:
+            loader = torch.utils.data.DataLoader(
+                StepBatches(make, start, stop),
+                batch_size=None,  # items are whole batches
+                shuffle=False,
+                num_workers=workers,
+                pin_memory=self.pin,
+                prefetch_factor=2,
+                timeout=timeout,
+                generator=torch.Generator(),  # its base seed must not come from the global RNG
+            )
+            self.loader_iter = iter(loader)
+        else:
+            self.thread = ThreadPoolExecutor(max_workers=1)
+            self.future = self.thread.submit(self._build, start)
+
+    def _build(self, step: int) -> dict:
+        batch = self.make(step)
+        if self.pin:
+            batch = {
+                k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+            }
         return batch
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> dict:
+        if self.next_step >= self.stop:
+            raise StopIteration
+        self.next_step += 1
+        if self.loader_iter is not None:
+            return next(self.loader_iter)
+        batch = self.future.result()
+        if self.next_step < self.stop:
+            self.future = self.thread.submit(self._build, self.next_step)
+        return batch
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.thread.shutdown(wait=True, cancel_futures=True)
+            self.thread = None
+        if self.loader_iter is not None:
+            shutdown = getattr(self.loader_iter, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self.loader_iter = None
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def batch_bytes(config: Config) -> int:
+    """Approximate size of one stage-2 batch of uint8 images (what workers pass around)."""
+    s2, res = config.stage2, config.vision.resolution
+    return (s2.batch_size + s2.elite_batch_size) * 3 * res * res
+
+
+def shared_memory_note(workers: int, nbytes: int, folder: str = "/dev/shm") -> str | None:
+    """One line if ``workers`` loader processes would not fit their batches (2 in flight per
+    worker, as ``DataLoader``'s prefetch) into the shared memory at ``folder``; else None.
+
+    Containers often have 64 MB of /dev/shm, where worker processes die with a bus error.
+    """
+    if workers <= 0 or not os.path.isdir(folder):
+        return None
+    need = workers * 2 * nbytes * 1.25
+    free = shutil.disk_usage(folder).free
+    if free >= need:
+        return None
+    return (
+        f"perf.loader_workers={workers}: needs about {need / 2**30:.1f} GiB of {folder}, "
+        f"{free / 2**30:.2f} GiB free; using the in-process loader (raise the shared memory, "
+        "e.g. docker --shm-size, or lower perf.loader_workers)"
+    )

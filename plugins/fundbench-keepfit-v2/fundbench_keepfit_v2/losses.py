@@ -23,10 +23,12 @@ def cooccurrence_targets(labels: torch.Tensor) -> torch.Tensor:
     [B, K]; ``cooc = L @ L.T`` counts shared categories, ``t = cooc / cooc.sum(-1)``.
     """
     if labels.dim() == 1:
-        onehot = F.one_hot(labels, int(labels.max()) + 1).float()
+        # one-hot @ one-hot.T without building the one-hot (whose width, labels.max() + 1,
+        # the host would have to read from the device every step): equal labels share one.
+        cooc = (labels[:, None] == labels[None, :]).float()
     else:
         onehot = labels.float()
-    cooc = onehot @ onehot.T
+        cooc = onehot @ onehot.T
     return cooc / cooc.sum(dim=-1, keepdim=True)
 
 

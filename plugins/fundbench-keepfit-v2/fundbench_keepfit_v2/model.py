@@ -22,9 +22,11 @@ with the ``flair`` plugin.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import transformers
 from fundbench_flair.network import LOGIT_SCALE_MAX, ProjectionLayer, TextModel
 from torch import nn
 from torchvision.models import resnet50
@@ -33,6 +35,12 @@ from transformers import BertConfig, BertModel
 
 from fundbench.models.checkpoints import Allowance, load_strict, read_checkpoint, unwrap
 from fundbench_keepfit_v2.config import Config
+
+#: transformers >= 5 passes a prepared 4-D attention mask through unchanged. Building it here
+#: instead of handing BERT the 2-D padding mask keeps the training step free of host
+#: synchronisation: given a 2-D mask, transformers asks ``mask.all()`` (is there padding?) on
+#: every call, which waits for the GPU. The outputs are bit-identical (test_keepfit_model).
+BERT_TAKES_4D_MASK = int(transformers.__version__.split(".")[0]) >= 5
 
 
 class SmallResNet(nn.Module):
@@ -92,9 +100,22 @@ class VisionModel(nn.Module):
             self.model = SmallResNet(tuple(v.layers), v.width)
             self.feature_dim = v.width * 8
         self.projection_head_vision = ProjectionLayer(self.feature_dim, config.model.proj_dim)
+        #: ``torch.compile`` of :meth:`trunk` (``perf.compile``); None: eager. A plain
+        #: attribute, so the state dict is the same either way.
+        self.compiled_trunk: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def compile_trunk(self, **options) -> None:
+        """Run :meth:`feature_map` through ``torch.compile(self.trunk, **options)``."""
+        self.compiled_trunk = torch.compile(self.trunk, **options)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """The last ResNet stage's output before pooling: [N, C, H/32, W/32]."""
+        if self.compiled_trunk is not None:
+            return self.compiled_trunk(x)
+        return self.trunk(x)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`feature_map`, always eager (what ``perf.compile`` compiles)."""
         m = self.model
         x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
         return m.layer4(m.layer3(m.layer2(m.layer1(x))))
@@ -218,6 +239,21 @@ def bert_config(config: Config, vocab_size: int, pad_id: int) -> BertConfig:
     )
 
 
+def bert_attention_mask(bert: BertModel, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The [N, 1, 1, T] mask transformers would build from the padding mask ``mask`` [N, T]
+    for the attention in use (boolean for ``sdpa``, additive fp32 for ``eager``), without
+    its ``mask.all()`` check; ``mask`` itself for other transformers versions or attentions.
+    None (no padding, see ``data.drop_full_masks``) stays None."""
+    impl = getattr(bert.config, "_attn_implementation", None)
+    if mask is None or not BERT_TAKES_4D_MASK or impl not in ("sdpa", "eager"):
+        return mask
+    keep = mask[:, None, None, :].bool()
+    if impl == "sdpa":
+        return keep
+    zero = torch.zeros((), dtype=torch.float32, device=mask.device)
+    return torch.where(keep, zero, torch.finfo(torch.float32).min)
+
+
 class KeepFITV2(nn.Module):
     """The whole network. Use :meth:`encode_image` / :meth:`encode_text` for embeddings."""
 
@@ -245,8 +281,26 @@ class KeepFITV2(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.vision_model(images)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.text_model(input_ids, attention_mask)
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``self.text_model(input_ids, attention_mask)`` (FLAIR's pooling and projection),
+        with the attention mask prepared here (:data:`BERT_TAKES_4D_MASK`); None: no padding."""
+        text = self.text_model
+        return text.projection_head_text(
+            text.pool(self.text_hidden_states(input_ids, attention_mask))
+        )
+
+    def text_hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        bert = self.text_model.model
+        out = bert(
+            input_ids=input_ids,
+            attention_mask=bert_attention_mask(bert, attention_mask),
+            output_hidden_states=True,
+        )
+        return out.hidden_states
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale) with V1's clamp to [0, ln 100] (applied in place, as V1 does)."""
@@ -259,7 +313,7 @@ class KeepFITV2(nn.Module):
         return self.scale() * txt @ img.T
 
     def mlm_logits(self, input_ids, attention_mask) -> torch.Tensor:
-        hidden = self.text_model.hidden_states(input_ids, attention_mask)[-1]
+        hidden = self.text_hidden_states(input_ids, attention_mask)[-1]
         words = self.text_model.model.embeddings.word_embeddings.weight
         return self.mlm_head(hidden, words)
 

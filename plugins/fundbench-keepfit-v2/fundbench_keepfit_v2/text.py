@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import os
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from fundbench_flair.text import TOKENIZER_ENV, tokenize  # noqa: F401 - shared with flair
@@ -54,9 +55,10 @@ def _missing(name: str, exc: Exception) -> ConfigError:
 
 
 def load_pretrained(
-    config: Config, weights: bool = True
+    config: Config, weights: bool = True, notes: list[str] | None = None
 ) -> tuple[PreTrainedTokenizerFast, BertModel | None]:
-    """Bio_ClinicalBERT (or any local BERT) tokenizer and weights, offline only."""
+    """Bio_ClinicalBERT (or any local BERT) tokenizer and weights, offline only; BERT with
+    the attention of ``perf.sdpa`` (:func:`with_attention`, whose note goes to ``notes``)."""
     from transformers import AutoTokenizer
 
     name = config.text.pretrained
@@ -73,9 +75,16 @@ def load_pretrained(
     if not weights:
         return tokenizer, None
     try:
-        bert = BertModel.from_pretrained(where, local_files_only=True, add_pooling_layer=True)
+        bert, note = with_attention(
+            lambda **kw: BertModel.from_pretrained(
+                where, local_files_only=True, add_pooling_layer=True, **kw
+            ),
+            config.perf.sdpa,
+        )
     except (OSError, ValueError) as exc:
         raise _missing(name, exc) from None
+    if note and notes is not None:
+        notes.append(note)
     return tokenizer, bert
 
 
@@ -187,9 +196,64 @@ def tokenizer_json(tokenizer: PreTrainedTokenizerFast) -> str:
     return tokenizer.backend_tokenizer.to_str()
 
 
-def build_bert(bert_config: dict) -> BertModel:
-    """A randomly initialised BertModel (with pooler, as V1) from a stored config dict."""
-    return BertModel(BertConfig(**bert_config), add_pooling_layer=True)
+def build_bert(bert_config: dict, attn_implementation: str | None = None) -> BertModel:
+    """A randomly initialised BertModel (with pooler, as V1) from a stored config dict;
+    ``attn_implementation`` (``sdpa``/``eager``): transformers' attention (None: its default)."""
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return BertModel(BertConfig(**bert_config, **extra), add_pooling_layer=True)
+
+
+def with_attention(build: Callable[..., BertModel], sdpa: bool) -> tuple[BertModel, str | None]:
+    """``build(attn_implementation="sdpa" or "eager")``; if the installed transformers refuses
+    that attention for BERT, ``build()`` with its default and a one-line note (to show; the
+    run goes on). Other errors propagate."""
+    import transformers
+
+    want = "sdpa" if sdpa else "eager"
+    try:
+        return build(attn_implementation=want), None
+    except (ValueError, ImportError, TypeError) as exc:
+        text = str(exc).strip()
+        if not any(word in text.lower() for word in ("attn", "attention", "sdpa")):
+            raise
+        reason = text.splitlines()[0] if text else type(exc).__name__
+    bert = build()
+    used = getattr(bert.config, "_attn_implementation", None) or "eager"
+    return bert, (
+        f"perf.sdpa={str(sdpa).lower()}: transformers {transformers.__version__} cannot build "
+        f"BERT with {want!r} attention ({reason[:200]}); using {used!r}"
+    )
+
+
+def set_attention(bert: BertModel, sdpa: bool) -> tuple[str, str | None]:
+    """Switch ``bert`` to transformers' ``sdpa`` (``torch.nn.functional.
+    scaled_dot_product_attention``) or ``eager`` attention in place.
+
+    Returns (the implementation now in use, None) or, when the installed transformers cannot
+    switch, (the implementation kept, a one-line explanation) -- the caller shows the line
+    and trains on; nothing is raised.
+    """
+    import transformers
+
+    want = "sdpa" if sdpa else "eager"
+    current = getattr(bert.config, "_attn_implementation", None) or "eager"
+    if current == want:
+        return want, None
+    setter = getattr(bert, "set_attn_implementation", None)
+    if setter is None:
+        return current, (
+            f"perf.sdpa={str(sdpa).lower()}: transformers {transformers.__version__} cannot "
+            f"switch BERT attention at run time; using {current!r}"
+        )
+    try:
+        setter(want)
+    except (ValueError, ImportError, NotImplementedError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return current, (
+            f"perf.sdpa={str(sdpa).lower()}: transformers {transformers.__version__} cannot use "
+            f"{want!r} attention for BERT ({reason}); using {current!r}"
+        )
+    return bert.config._attn_implementation, None
 
 
 def bert_config_dict(bert: BertModel) -> dict:

@@ -5,13 +5,20 @@ Entry point :func:`train` is the ``fundbench train keepfit_v2`` trainer. Enginee
 * AdamW; linear warm-up (from lr / warmup, as V1's LinearWarmupCosineAnnealingLR) then cosine
   decay to 0 over the stage, stepped every iteration; gradient-norm clipping at 1.0 (V1);
   bf16 autocast on CUDA only.
+* Efficiency levers, one switch each in ``perf.*`` (config.py): channels-last, bf16, TF32,
+  cuDNN autotuning, SDPA attention in BERT, fused AdamW, ``torch.compile`` of the ResNet
+  trunk, ``DataLoader`` worker processes with pinned memory (augmentation on the device).
+  The step never waits for the device: loss terms stay there (:class:`StepMeter`) and are
+  read once every ``train.log_every`` steps.
 * Seeded: torch/numpy/python RNGs from ``train.seed``; the data order, prompt draws,
   augmentations and MLM masks are pure functions of (seed, step) (see ``data.py``), so a run
   resumed from a checkpoint repeats the uninterrupted run's loss curve.
 * ``out/last.pt`` (written atomically every ``train.checkpoint_every`` steps, at the end of
   stage 1 and at the end) holds everything to resume; ``out/keepfit_v2.pt`` is the final
-  model. ``out/log.jsonl`` has one line per step (loss per term, lr, images/s) and events
-  (held-out MLM loss before/after stage 1); ``out/summary.json`` the outcome.
+  model. ``out/log.jsonl`` has one line per ``train.log_every`` steps (and at checkpoints and
+  stage ends): the mean loss per term over those steps (``window``), the last step's lr,
+  gradient norm and logit scale, images/s; and events (held-out MLM loss before/after
+  stage 1, notes on levers that could not be applied); ``out/summary.json`` the outcome.
 * Multi-process with ``torchrun`` (DDP; gloo on CPU, nccl on CUDA); rank 0 writes files.
 """
 
@@ -20,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +42,17 @@ from fundbench.util.atomic import write_json_atomic
 from fundbench.util.progress import console, make_progress
 from fundbench_keepfit_v2 import checkpoint as ckpt
 from fundbench_keepfit_v2 import distributed as dist_utils
-from fundbench_keepfit_v2.config import Config, make_config
+from fundbench_keepfit_v2.config import Config, PerfConfig, make_config
 from fundbench_keepfit_v2.corpus import builtin_sentences, dedupe, folder_sentences, split_holdout
-from fundbench_keepfit_v2.data import BatchMaker, ImageSource, augment, load_training_data
+from fundbench_keepfit_v2.data import (
+    BatchMaker,
+    BatchStream,
+    ImageSource,
+    augment,
+    batch_bytes,
+    load_training_data,
+    shared_memory_note,
+)
 from fundbench_keepfit_v2.losses import (
     caption_targets,
     knowledge_loss,
@@ -48,9 +65,11 @@ from fundbench_keepfit_v2.text import (
     bert_config_dict,
     build_bert,
     load_pretrained,
+    set_attention,
     tokenize,
     tokenizer_json,
     train_wordpiece,
+    with_attention,
     wrap_tokenizer,
 )
 
@@ -59,6 +78,7 @@ FINAL = "keepfit_v2.pt"
 LOG = "log.jsonl"
 SUMMARY = "summary.json"
 TERMS = ("contrastive", "generative", "knowledge")
+IMAGE_KEYS = ("cat_images", "elite_images")
 
 
 # -- public entry points ------------------------------------------------------------------
@@ -113,24 +133,167 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(params, lr: float, weight_decay: float, warmup: int, total: int):
-    """AdamW (no decay on 0-/1-d parameters: biases, norms, logit_scale) + per-step schedule."""
+def make_optimizer(
+    params, lr: float, weight_decay: float, warmup: int, total: int, fused: bool = False
+):
+    """AdamW (no decay on 0-/1-d parameters: biases, norms, logit_scale) + per-step schedule.
+
+    ``fused`` (``perf.fused_adamw``): one fused kernel when every parameter is on CUDA,
+    else the multi-tensor ``foreach`` implementation; False: torch's default choice
+    (``foreach`` on CUDA, a per-parameter loop on CPU, bit-identical to ``foreach`` there).
+    """
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     rest = [p for p in params if p.dim() < 2]
+    impl: dict = {}
+    if fused:
+        impl = {"fused": True} if params and all(p.is_cuda for p in params) else {"foreach": True}
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=lr,
+        **impl,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
     return opt, sched
+
+
+def optimizer_kind(opt: torch.optim.Optimizer) -> str:
+    """``fused``, ``foreach`` or ``default`` (what :func:`make_optimizer` chose)."""
+    group = opt.param_groups[0]
+    return "fused" if group.get("fused") else "foreach" if group.get("foreach") else "default"
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)`` keeping this run's implementation: a checkpoint of a
+    fused (CUDA) run resumes with foreach on CPU and the other way round."""
+    groups = []
+    for saved, now in zip(state["param_groups"], opt.param_groups, strict=True):
+        saved = dict(saved)
+        for key in ("fused", "foreach", "capturable"):
+            if key in now:
+                saved[key] = now[key]
+        groups.append(saved)
+    opt.load_state_dict({**state, "param_groups": groups})
+
+
+# -- efficiency levers (perf.*) ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def backend_settings(perf: PerfConfig, device: torch.device) -> Iterator[None]:
+    """``perf.tf32`` and ``perf.cudnn_benchmark`` for the duration of a run (CUDA only);
+    torch's previous settings are restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.benchmark
+    torch.set_float32_matmul_precision("high" if perf.tf32 else "highest")
+    torch.backends.cudnn.benchmark = perf.cudnn_benchmark
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.benchmark = saved[1]
+
+
+def prepare_model(
+    model: KeepFITV2, perf: PerfConfig, device: torch.device, world: int = 1
+) -> tuple[dict, list[str]]:
+    """Apply the model-side levers: move to ``device`` (channels-last if ``perf.channels_last``),
+    choose BERT's attention (``perf.sdpa``), compile the ResNet trunk (``perf.compile``).
+
+    Returns (what is in use, one-line notes about levers that could not be applied).
+    """
+    notes = []
+    if perf.channels_last:
+        model.to(device, memory_format=torch.channels_last)
+    else:
+        model.to(device)
+    attention, note = set_attention(model.text_model.model, perf.sdpa)
+    if note:
+        notes.append(note)
+    compiled = False
+    if perf.compile:
+        if world > 1:
+            notes.append(
+                "perf.compile=true: not applied with several processes (the cross-process "
+                "batch norm's collectives are not compiled); training eagerly"
+            )
+        else:
+            model.vision_model.compile_trunk(dynamic=False)
+            compiled = True
+    used = {"channels_last": perf.channels_last, "attention": attention, "compiled": compiled}
+    return used, notes
+
+
+def batch_to_device(
+    batch: dict, device: torch.device, *, augment_images: bool, channels_last: bool = True
+) -> dict:
+    """Copy a host batch to ``device`` (``non_blocking``: asynchronous from pinned memory),
+    scale uint8 images to [0, 1] there and augment them there, batched (:func:`augment`,
+    parameters from the batch)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device, non_blocking=True)
+        if k in IMAGE_KEYS:
+            v = (v.float() / 255.0).contiguous(memory_format=fmt)
+        out[k] = v
+    if augment_images:
+        for images, params in (("cat_images", "cat_aug"), ("elite_images", "elite_aug")):
+            if images in out:
+                out[images] = augment(out[images], out[params]).contiguous(memory_format=fmt)
+    return out
+
+
+class StepMeter:
+    """Each step's logged values, kept on the device until :meth:`flush` reads them all in
+    one transfer -- the only host synchronisation of the training loop."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[list[str], torch.Tensor, float, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(
+        self,
+        terms: dict[str, torch.Tensor],
+        grad_norm: torch.Tensor,
+        logit_scale: torch.Tensor,
+        lr: float,
+        items: int,
+    ) -> None:
+        names = list(terms)
+        values = [terms[k].detach().float().reshape(()) for k in names]
+        values += [grad_norm.detach().float().reshape(()), logit_scale.detach().float().reshape(())]
+        self.rows.append((names, torch.stack(values), lr, items))
+
+    def flush(self) -> list[dict]:
+        """[{terms, grad_norm, logit_scale, lr, items}] per step since the last flush."""
+        if not self.rows:
+            return []
+        table = torch.stack([row[1] for row in self.rows]).cpu().tolist()  # the sync
+        out = []
+        for (names, _, lr, items), values in zip(self.rows, table, strict=True):
+            out.append(
+                {
+                    "terms": dict(zip(names, values[: len(names)], strict=True)),
+                    "grad_norm": values[-2],
+                    "logit_scale": values[-1],
+                    "lr": lr,
+                    "items": items,
+                }
+            )
+        self.rows.clear()
+        return out
 
 
 # -- per-step computations (run inside DDP's forward) ---------------------------------------
 
 
 def mlm_task(model: KeepFITV2, batch: dict) -> dict:
-    logits = model.mlm_logits(batch["input_ids"], batch["attention_mask"])
+    logits = model.mlm_logits(batch["input_ids"], batch.get("attention_mask"))
     total, count = token_ce_sum(logits, batch["labels"])
     return {"mlm_sum": total, "mlm_count": count}
 
@@ -154,10 +317,10 @@ def stage2_task(model: KeepFITV2, batch: dict) -> dict:
     txt_cat = img_cat = txt_elite = img_elite = None
     if has_cat:
         img_cat = img[:n_cat]
-        txt_cat = model.encode_text(batch["cat_ids"], batch["cat_mask"])
+        txt_cat = model.encode_text(batch["cat_ids"], batch.get("cat_mask"))
     if has_elite and (w.contrastive > 0 or w.knowledge > 0):
         img_elite = img[n_cat:]
-        txt_elite = model.encode_text(batch["elite_ids"], batch["elite_mask"])
+        txt_elite = model.encode_text(batch["elite_ids"], batch.get("elite_mask"))
     if w.contrastive > 0:
         scale = model.scale()
         if has_cat:
@@ -178,7 +341,7 @@ def stage2_task(model: KeepFITV2, batch: dict) -> dict:
 
 def combine_stage2(out: dict, config: Config, world: int) -> tuple[torch.Tensor, dict]:
     """Weighted total whose DDP-averaged gradient is the global-batch gradient, plus the
-    logged (global) value of each term."""
+    logged (global) value of each term, as 0-d tensors on the device (no host sync)."""
     w = config.loss
     total = torch.zeros((), device=next(iter(out.values())).device)
     logged = {}
@@ -186,19 +349,54 @@ def combine_stage2(out: dict, config: Config, world: int) -> tuple[torch.Tensor,
     if contrast:
         value = sum(contrast)
         total = total + w.contrastive * value  # identical on every rank: average = itself
-        logged["contrastive"] = float(value.detach())
+        logged["contrastive"] = value.detach()
         for k in ("contrastive_cat", "contrastive_elite"):
             if k in out:
-                logged[k] = float(out[k].detach())
+                logged[k] = out[k].detach()
     if "generative_sum" in out:
         count = dist_utils.all_reduce_sum(out["generative_count"].float()).clamp_min(1)
         local = out["generative_sum"] / count
         total = total + w.generative * local * world
-        logged["generative"] = float(dist_utils.all_reduce_sum(local.detach()))
+        logged["generative"] = dist_utils.all_reduce_sum(local.detach())
     if "knowledge" in out:
         total = total + w.knowledge * out["knowledge"]  # equal local shards: mean of means
-        logged["knowledge"] = float(dist_utils.all_reduce_sum(out["knowledge"].detach())) / world
+        logged["knowledge"] = dist_utils.all_reduce_sum(out["knowledge"].detach()) / world
     return total, logged
+
+
+def stage_loss(
+    stage: str, wrapped, batch: dict, config: Config, world: int, use_amp: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss to backpropagate and the logged terms (device tensors) of one step; the
+    forward pass runs under bf16 autocast when ``use_amp``."""
+    task = mlm_task if stage == "stage1" else stage2_task
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        out = wrapped(task, batch)
+    if stage == "stage1":
+        count = dist_utils.all_reduce_sum(out["mlm_count"].float()).clamp_min(1)
+        local = out["mlm_sum"] / count
+        return config.loss.mlm * local * world, {"mlm": dist_utils.all_reduce_sum(local.detach())}
+    return combine_stage2(out, config, world)
+
+
+def optimizer_step(
+    model: KeepFITV2, params, opt, sched, grad_clip: float
+) -> tuple[torch.Tensor, float]:
+    """Clip, step, schedule, clamp logit_scale (V1); returns (gradient norm tensor, lr used)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    lr = opt.param_groups[0]["lr"]
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, math.log(100.0))
+    return grad_norm, lr
+
+
+def stage_total(stage: str, terms: dict[str, float], config: Config) -> float:
+    """The weighted loss of one step from its logged terms (host floats)."""
+    if stage == "stage1":
+        return config.loss.mlm * terms["mlm"]
+    return sum(getattr(config.loss, t) * terms[t] for t in TERMS if t in terms)
 
 
 # -- trainer ---------------------------------------------------------------------------------
@@ -217,6 +415,8 @@ class Trainer:
         self.elapsed = 0.0
         self.started = time.perf_counter()
         self.history: dict = {}
+        self.perf_used: dict = {}
+        self.loader_workers = 0
 
     # -- setup -------------------------------------------------------------------------------
     def run(self, resume: bool) -> Path:
@@ -224,7 +424,8 @@ class Trainer:
         if self.config.train.threads > 0:
             torch.set_num_threads(self.config.train.threads)
         try:
-            return self._run(resume)
+            with backend_settings(self.config.perf, self.device):
+                return self._run(resume)
         finally:
             torch.set_num_threads(threads)
 
@@ -258,11 +459,15 @@ class Trainer:
         corpus_train, corpus_held = split_holdout(corpus, c.stage1.holdout)
         self.corpus_held = corpus_held
         # Tokenizer and text encoder: from the checkpoint, a local BERT, or trained here.
+        notes: list[str] = []  # levers that could not be applied, one line each
         if state is not None:
             self.tokenizer = wrap_tokenizer(state["tokenizer"], c.text.max_length)
-            bert = build_bert(state["bert_config"])
+            bert, note = with_attention(
+                lambda **kw: build_bert(state["bert_config"], **kw), c.perf.sdpa
+            )
+            notes += [note] if note else []
         elif c.text.pretrained:
-            self.tokenizer, bert = load_pretrained(c)
+            self.tokenizer, bert = load_pretrained(c, notes=notes)
         else:
             tok_json = None
             if info.main:
@@ -271,10 +476,14 @@ class Trainer:
                 )
             tok_json = dist_utils.broadcast_object(tok_json, info)
             self.tokenizer = wrap_tokenizer(tok_json, c.text.max_length)
-            torch.manual_seed(c.train.seed)
-            bert = build_bert(
-                bert_config(c, len(self.tokenizer), self.tokenizer.pad_token_id).to_dict()
-            )
+            shape = bert_config(c, len(self.tokenizer), self.tokenizer.pad_token_id).to_dict()
+
+            def fresh_bert(**kw):
+                torch.manual_seed(c.train.seed)  # the same weights whichever attention
+                return build_bert(shape, **kw)
+
+            bert, note = with_attention(fresh_bert, c.perf.sdpa)
+            notes += [note] if note else []
         torch.manual_seed(c.train.seed)
         self.model = KeepFITV2(c, bert)
         if state is not None:
@@ -282,7 +491,22 @@ class Trainer:
         if info.enabled:
             dist_utils.convert_batchnorm(self.model)
         # channels_last: faster convolutions on CPU (oneDNN) and on CUDA tensor cores.
-        self.model.to(self.device, memory_format=torch.channels_last)
+        used, more = prepare_model(self.model, c.perf, self.device, info.world)
+        notes += more
+        self.loader_workers = c.perf.loader_workers
+        note = shared_memory_note(self.loader_workers, batch_bytes(c))
+        if note:
+            notes.append(note)
+            self.loader_workers = 0
+        if self.loader_workers > 0:
+            # The workers tokenise; the Rust tokenizer's own threads do not survive a fork.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.perf_used = {
+            **used,
+            "bf16_autocast": self.device.type == "cuda" and c.perf.bf16,
+            "loader_workers": self.loader_workers,
+            "pin_memory": self.device.type == "cuda" and c.perf.pin_memory,
+        }
         self.wrapped = self.model
         if info.enabled:
             self.wrapped = DistributedDataParallel(
@@ -310,6 +534,9 @@ class Trainer:
         self.setup_s = time.perf_counter() - start_time
         if info.main:
             self._open_log(self.global_step(*position))
+            for note in notes:
+                console.print(f"warning: {note}", highlight=False)
+                self._event("perf_note", note=note, at=self.global_step(*position))
         try:
             done = self._train(position, state)
         finally:
@@ -399,7 +626,7 @@ class Trainer:
                     self.model.mlm_head.parameters()
                 )
                 opt, sched = make_optimizer(
-                    params, c.stage1.lr, c.stage1.weight_decay, warmup, steps
+                    params, c.stage1.lr, c.stage1.weight_decay, warmup, steps, c.perf.fused_adamw
                 )
                 if start == 0:
                     self.history["mlm_holdout_before"] = self.holdout_mlm()
@@ -415,10 +642,10 @@ class Trainer:
                     p for n, p in self.model.named_parameters() if not n.startswith("mlm_head.")
                 ]
                 opt, sched = make_optimizer(
-                    params, c.stage2.lr, c.stage2.weight_decay, warmup, steps
+                    params, c.stage2.lr, c.stage2.weight_decay, warmup, steps, c.perf.fused_adamw
                 )
             if state is not None and name == stage and start > 0:
-                opt.load_state_dict(state["optimizer"])
+                load_optimizer_state(opt, state["optimizer"])
                 sched.load_state_dict(state["scheduler"])
             stopped = self._run_stage(name, start, steps, opt, sched, params, stop_after)
             if stopped:
@@ -441,109 +668,108 @@ class Trainer:
     def _run_stage(
         self, name: str, start: int, steps: int, opt, sched, params, stop_after: int
     ) -> bool:
-        """Steps ``start .. steps`` of one stage; True if stopped early by train.stop_after."""
+        """Steps ``start .. steps`` of one stage; True if stopped early by train.stop_after.
+
+        Nothing in a step waits for the device: the logged values go to a :class:`StepMeter`,
+        which :meth:`_flush` reads every ``train.log_every`` steps, before every checkpoint
+        and at the end (so a checkpoint never holds weights from a non-finite loss).
+        """
         c, info = self.config, self.info
         make = self.maker.stage1 if name == "stage1" else self.maker.stage2
-        use_amp = self.device.type == "cuda"
+        use_amp = self.device.type == "cuda" and c.perf.bf16
         self.model.train()
         progress = make_progress() if self.show_progress else None
+        task = None
         label = {
             "stage1": "stage 1: textual pretraining (MLM)",
             "stage2": "stage 2: hybrid knowledge injection",
         }[name]
-        from concurrent.futures import ThreadPoolExecutor
-
-        prefetch = ThreadPoolExecutor(max_workers=1)
-        future = prefetch.submit(make, start) if start < steps else None
+        meter = StepMeter()
+        stream = BatchStream(
+            make,
+            start,
+            steps,
+            workers=self.loader_workers,
+            pin=self.device.type == "cuda" and c.perf.pin_memory,
+        )
         try:
             if progress is not None:
                 progress.start()
                 task = progress.add_task(label, total=steps, completed=start)
+            window_start = time.perf_counter()
             for step in range(start, steps):
-                t0 = time.perf_counter()
-                batch = future.result()
-                if step + 1 < steps:
-                    future = prefetch.submit(make, step + 1)
-                batch = self._to_device(batch)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    if name == "stage1":
-                        out = self.wrapped(mlm_task, batch)
-                    else:
-                        out = self.wrapped(stage2_task, batch)
-                if name == "stage1":
-                    count = dist_utils.all_reduce_sum(out["mlm_count"].float()).clamp_min(1)
-                    local = out["mlm_sum"] / count
-                    loss = c.loss.mlm * local * info.world
-                    logged = {"mlm": float(dist_utils.all_reduce_sum(local.detach()))}
-                    total = c.loss.mlm * logged["mlm"]
-                    rate_key, n_items = "texts_per_s", c.stage1.batch_size
-                else:
-                    loss, logged = combine_stage2(out, c, info.world)
-                    total = sum(getattr(c.loss, t) * logged[t] for t in TERMS if t in logged)
-                    rate_key = "images_per_s"
-                    n_items = c.stage2.batch_size * (
-                        "cat_images" in batch
-                    ) + c.stage2.elite_batch_size * ("elite_images" in batch)
+                batch = batch_to_device(
+                    next(stream),
+                    self.device,
+                    augment_images=c.stage2.augment,
+                    channels_last=c.perf.channels_last,
+                )
+                loss, logged = stage_loss(name, self.wrapped, batch, c, info.world, use_amp)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, c.train.grad_clip)
-                lr = opt.param_groups[0]["lr"]
-                opt.step()
-                sched.step()
-                with torch.no_grad():
-                    self.model.logit_scale.clamp_(0.0, math.log(100.0))
-                if not math.isfinite(total):
-                    raise FloatingPointError(
-                        f"{name} step {step + 1}: loss is {total}; lower the learning rate"
-                    )
-                dt = time.perf_counter() - t0
-                self.elapsed += dt
-                g = self.global_step(name, step + 1)
-                if info.main and (g % c.train.log_every == 0 or step + 1 == steps):
-                    self._write_log(
-                        {
-                            "step": g,
-                            "stage": name,
-                            "stage_step": step + 1,
-                            "loss": total,
-                            "terms": logged,
-                            "lr": lr,
-                            "grad_norm": float(grad_norm),
-                            "logit_scale": float(self.model.logit_scale.detach().exp()),
-                            rate_key: n_items / dt if dt > 0 else None,
-                            "step_s": dt,
-                        }
-                    )
+                grad_norm, lr = optimizer_step(self.model, params, opt, sched, c.train.grad_clip)
+                if name == "stage1":
+                    items = c.stage1.batch_size
+                else:
+                    items = c.stage2.batch_size * ("cat_images" in batch)
+                    items += c.stage2.elite_batch_size * ("elite_images" in batch)
+                meter.add(logged, grad_norm, self.model.logit_scale.detach().exp(), lr, items)
                 if progress is not None:
-                    progress.update(
-                        task, completed=step + 1, description=f"{label} loss {total:.3f}"
-                    )
+                    progress.update(task, completed=step + 1)
+                g = self.global_step(name, step + 1)
                 last_step = step + 1 == steps
-                if g % c.train.checkpoint_every == 0 and not last_step:
-                    self._checkpoint(name, step + 1, opt, sched)
-                if stop_after and g >= stop_after and not last_step:
-                    self._checkpoint(name, step + 1, opt, sched)
-                    return True
+                checkpoint_due = g % c.train.checkpoint_every == 0 and not last_step
+                stop_due = bool(stop_after) and g >= stop_after and not last_step
+                if last_step or checkpoint_due or stop_due or g % c.train.log_every == 0:
+                    record = self._flush(name, step + 1, meter, time.perf_counter() - window_start)
+                    if progress is not None:
+                        progress.update(task, description=f"{label} loss {record['loss']:.3f}")
+                    if checkpoint_due:
+                        self._checkpoint(name, step + 1, opt, sched)
+                    if stop_due:
+                        self._checkpoint(name, step + 1, opt, sched)
+                        return True
+                    window_start = time.perf_counter()
         finally:
             if progress is not None:
                 progress.stop()
-            prefetch.shutdown(wait=True, cancel_futures=True)
+            stream.close()
         return False
 
-    def _to_device(self, batch: dict) -> dict:
-        out = {}
-        for k, v in batch.items():
-            v = v.to(self.device, non_blocking=True)
-            if k in ("cat_images", "elite_images"):
-                v = (v.float() / 255.0).contiguous(memory_format=torch.channels_last)
-            out[k] = v
-        if self.config.stage2.augment:
-            for images, params in (("cat_images", "cat_aug"), ("elite_images", "elite_aug")):
-                if images in out:
-                    out[images] = augment(out[images], out[params]).contiguous(
-                        memory_format=torch.channels_last
-                    )
-        return out
+    def _flush(self, name: str, stage_step: int, meter: StepMeter, window_s: float) -> dict:
+        """Read the meter (one host synchronisation), check every step's loss is finite, log
+        the mean over the window and return that record."""
+        c = self.config
+        rows = meter.flush()
+        first = stage_step - len(rows) + 1
+        totals = []
+        for i, row in enumerate(rows):
+            total = stage_total(name, row["terms"], c)
+            if not math.isfinite(total):
+                raise FloatingPointError(
+                    f"{name} step {first + i}: loss is {total}; lower the learning rate"
+                )
+            totals.append(total)
+        n = len(rows)
+        self.elapsed += window_s
+        rate_key = "texts_per_s" if name == "stage1" else "images_per_s"
+        items = sum(row["items"] for row in rows)
+        record = {
+            "step": self.global_step(name, stage_step),
+            "stage": name,
+            "stage_step": stage_step,
+            "loss": sum(totals) / n,
+            "terms": {k: sum(row["terms"][k] for row in rows) / n for k in rows[-1]["terms"]},
+            "lr": rows[-1]["lr"],
+            "grad_norm": rows[-1]["grad_norm"],
+            "logit_scale": rows[-1]["logit_scale"],
+            rate_key: items / window_s if window_s > 0 else None,
+            "step_s": window_s / n,
+            "window": n,
+        }
+        if self.info.main:
+            self._write_log(record)
+        return record
 
     # -- evaluation of stage 1 -------------------------------------------------------------
     @torch.no_grad()
@@ -678,6 +904,7 @@ class Trainer:
                 "elite": len(self.data.elite_image),
             },
             "corpus_heldout_sentences": len(self.corpus_held),
+            "perf": self.perf_used,
             **self.history,
         }
         ckpt.save(

@@ -10,6 +10,7 @@ from fundbench_keepfit_v2.data import (
     BatchMaker,
     ImageSource,
     balanced_stream,
+    drop_full_masks,
     load_training_data,
     stream,
 )
@@ -78,3 +79,13 @@ def test_rank_slices_make_up_the_global_batch(toy):
     with pytest.raises(DataError, match="multiple of WORLD_SIZE"):
         BatchMaker(config, data, images, tok, data.texts, rank=0, world=3).stage2(0)
     images.close()
+
+
+def test_text_masks_without_padding_are_left_out_of_batches():
+    padded = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    full = torch.ones(2, 3, dtype=torch.long)
+    batch = drop_full_masks(
+        {"cat_mask": padded, "elite_mask": full, "attention_mask": full, "caption_mask": full}
+    )
+    assert set(batch) == {"cat_mask", "caption_mask"}  # the decoder's mask always stays
+    assert torch.equal(batch["cat_mask"], padded)

@@ -3,6 +3,9 @@ strict loading with one-line errors, and the offline-only Bio_ClinicalBERT looku
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import math
 import socket
 
@@ -10,11 +13,23 @@ import pytest
 import torch
 from fundbench_flair.network import BIO_CLINICALBERT_CONFIG
 from fundbench_keepfit_v2 import checkpoint as ckpt
+from fundbench_keepfit_v2 import train as train_mod
 from fundbench_keepfit_v2.config import make_config
-from fundbench_keepfit_v2.model import KeepFITV2, bert_config
+from fundbench_keepfit_v2.model import (
+    BERT_TAKES_4D_MASK,
+    KeepFITV2,
+    bert_attention_mask,
+    bert_config,
+)
 from fundbench_keepfit_v2.testing import TINY_SHAPES, make_toy_folder
-from fundbench_keepfit_v2.text import BERT_PATH_ENV, build_bert, load_pretrained
-from fundbench_keepfit_v2.train import run
+from fundbench_keepfit_v2.text import (
+    BERT_PATH_ENV,
+    build_bert,
+    load_pretrained,
+    set_attention,
+    with_attention,
+)
+from fundbench_keepfit_v2.train import prepare_model, run
 from fundbench_keepfit_v2.v2 import KeepFITV2Model
 
 from fundbench.api.errors import CheckpointError, ConfigError
@@ -244,3 +259,122 @@ def test_training_options_cannot_be_combined_with_weights(tmp_path):
 
     with pytest.raises(ConfigError, match=r"options stage2\.steps configure training"):
         KeepFITV2Model(weights=str(tmp_path / "never_read.pt"), **{"stage2.steps": 5})
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_prepared_bert_mask_matches_transformers_own_masking(attention):
+    """encode_text builds the 4-D mask itself (no per-call mask.all() host sync); the text
+    embeddings are bit-identical to FLAIR's TextModel, which hands BERT the 2-D mask."""
+    model = _model({"text.dropout": "0"}).eval()
+    impl, note = set_attention(model.text_model.model, attention == "sdpa")
+    assert (impl, note) == (attention, None)
+    assert model.text_model.model.config._attn_implementation == attention
+    ids = torch.randint(5, 300, (4, 9), generator=torch.Generator().manual_seed(0))
+    padded = torch.ones_like(ids)
+    padded[1, 6:] = 0
+    padded[3, 3:] = 0
+    with torch.no_grad():
+        for mask in (padded, torch.ones_like(ids)):  # with padding, and none
+            ours = model.encode_text(ids, mask)
+            assert torch.equal(ours, model.text_model(ids, mask))
+        # no padding: the batch carries no mask (data.drop_full_masks), the same embedding
+        assert torch.equal(
+            model.encode_text(ids, None), model.text_model(ids, torch.ones_like(ids))
+        )
+    if BERT_TAKES_4D_MASK:
+        prepared = bert_attention_mask(model.text_model.model, padded)
+        assert prepared.shape == (4, 1, 1, 9)
+        assert prepared.dtype == (torch.bool if attention == "sdpa" else torch.float32)
+
+
+def test_sdpa_and_eager_agree_and_a_failed_switch_is_one_line(monkeypatch):
+    model = _model({"text.dropout": "0"}).eval()
+    ids = torch.randint(5, 300, (3, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0
+    bert = model.text_model.model
+    with torch.no_grad():
+        set_attention(bert, True)
+        fast = model.encode_text(ids, mask)
+        set_attention(bert, False)
+        slow = model.encode_text(ids, mask)
+    assert torch.allclose(fast, slow, atol=1e-5)
+
+    def refuse(impl):
+        raise ValueError(f"{impl} is not supported here\nsecond line")
+
+    monkeypatch.setattr(bert, "set_attn_implementation", refuse)
+    impl, note = set_attention(bert, True)
+    assert impl == "eager" and "\n" not in note
+    assert "perf.sdpa=true" in note and "'sdpa' attention" in note and "not supported" in note
+    assert set_attention(bert, False) == ("eager", None)  # nothing to switch
+
+
+def test_compile_lever_compiles_the_resnet_trunk_only(monkeypatch):
+    calls = []
+    real = torch.compile
+
+    def compile_fast(fn, **options):  # dynamo + AOT autograd without inductor's codegen
+        calls.append((fn.__name__, options))
+        return real(fn, backend="aot_eager", **options)
+
+    monkeypatch.setattr(torch, "compile", compile_fast)
+    model = _model({"text.dropout": "0", "model.decoder_dropout": "0"})
+    eager = copy.deepcopy(model)
+    perf = dataclasses.replace(model.config.perf, compile=True)
+    used, notes = prepare_model(model, perf, torch.device("cpu"))
+    assert used == {"channels_last": True, "attention": "sdpa", "compiled": True}
+    assert notes == [] and calls == [("trunk", {"dynamic": False})]
+    prepare_model(eager, dataclasses.replace(perf, compile=False), torch.device("cpu"))
+    assert eager.vision_model.compiled_trunk is None
+    images = torch.rand(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    a, b = model.vision_model.feature_map(images), eager.vision_model.feature_map(images)
+    assert torch.allclose(a, b, atol=1e-5)
+    a.square().mean().backward()
+    b.square().mean().backward()
+    conv = "model.conv1.weight"
+    grads = [dict(m.vision_model.named_parameters())[conv].grad for m in (model, eager)]
+    assert torch.allclose(*grads, atol=1e-5)
+    assert set(model.state_dict()) == set(eager.state_dict())  # same checkpoint keys
+    # several processes: not compiled, said in one line
+    other = _model()
+    used, notes = prepare_model(other, perf, torch.device("cpu"), world=2)
+    assert not used["compiled"] and other.vision_model.compiled_trunk is None
+    assert len(notes) == 1 and "several processes" in notes[0]
+    torch._dynamo.reset()
+
+
+def test_bert_is_built_with_the_wanted_attention_or_says_why_not(tmp_path, monkeypatch):
+    shape = bert_config(make_config("tiny", TINY_SHAPES), 300, 0).to_dict()
+    bert, note = with_attention(lambda **kw: build_bert(shape, **kw), sdpa=False)
+    assert note is None and bert.config._attn_implementation == "eager"
+    calls = []
+
+    def old_transformers(**kw):
+        calls.append(kw)
+        if kw:
+            raise ValueError(
+                "BertModel does not support an attention implementation through "
+                "torch.nn.functional.scaled_dot_product_attention yet.\nsecond line"
+            )
+        return build_bert(shape)
+
+    bert, note = with_attention(old_transformers, sdpa=True)
+    assert calls == [{"attn_implementation": "sdpa"}, {}]
+    assert "\n" not in note and "cannot build BERT with 'sdpa' attention" in note
+
+    def corrupt(**kw):
+        raise ValueError("config.json is corrupt")
+
+    with pytest.raises(ValueError, match="corrupt"):  # not an attention problem: not hidden
+        with_attention(corrupt, sdpa=True)
+    # the trainer shows such a note and logs it, then trains on
+    monkeypatch.setattr(
+        train_mod, "with_attention", lambda build, sdpa: (build(), "perf.sdpa=true: a note")
+    )
+    folder = make_toy_folder(tmp_path / "toy")
+    config = make_config("tiny", {**TINY_SHAPES, "stage1.steps": "1", "stage2.steps": "1"})
+    config.data.datasets = (str(folder),)
+    run(config, tmp_path / "run", show_progress=False)
+    events = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "perf_note", "note": "perf.sdpa=true: a note", "at": 0} in events
