@@ -279,7 +279,7 @@ def test_gpu_check_records_errors_and_the_time_budget(monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore text")
 
-    monkeypatch.setattr(gpu_check, "prepare_model", out_of_memory)
+    monkeypatch.setattr(gpu_check.measure, "prepare_model", out_of_memory)
     entry = check.measure("no_bf16", on, steps=1, warmup=1)
     assert entry["status"] == "error: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     monkeypatch.undo()
@@ -314,7 +314,7 @@ def test_gpu_check_cuda_code_against_stand_ins(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
     cuda = torch.device("cuda", 0)
-    timer = gpu_check._PhaseTimer(cuda=True)
+    timer = gpu_check.PhaseTimer(cuda=True)
     for _ in range(2):
         for mark in ("wait", "copy", "forward", "backward", "optimizer", "end"):
             timer.mark(mark)
