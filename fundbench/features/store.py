@@ -46,10 +46,6 @@ if TYPE_CHECKING:
 #: Bump when the extraction changes in a way that alters embeddings.
 #: 2: exact full-resolution decoding and the authors' library resize/crop operations.
 EXTRACTOR_VERSION = "2"
-#: Threads checking images before a run (the extraction itself uses worker processes).
-DECODE_THREADS = 2
-
-
 def model_cache_key(model: Model, numerics: str = "") -> str:
     """The feature-cache folder of a model's embeddings: its weights, preprocessing, class
     and variant, and ``numerics`` (:attr:`ExtractionOptions.numerics`: "" at fp32)."""

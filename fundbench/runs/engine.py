@@ -27,8 +27,8 @@ from fundbench.api.definitions import TaskDefinition
 from fundbench.api.errors import ConfigError, DataError, DatasetMissing
 from fundbench.api.images import image_problem
 from fundbench.data.datasets import Dataset, load_dataset, without_images
-from fundbench.features.options import ExtractionOptions
-from fundbench.features.store import DECODE_THREADS, FeatureStore
+from fundbench.features.options import ExtractionOptions, available_cpus
+from fundbench.features.store import FeatureStore
 from fundbench.host.loading import Host
 from fundbench.host.registry import Entry, call_plugin
 from fundbench.models.build import build_model, resolve_model_inputs
@@ -467,6 +467,9 @@ class _Session:
         pair = self.plans[unit.id]
         before = (self.summary.computed, self.summary.reused, self.summary.not_applicable)
         expected = {p[4] for p in pair.pending}
+        # a worker that does not see this results folder (no shared filesystem) planned every
+        # cell of the unit: keep those this driver still lacks
+        records = [r for r in records if r["fingerprint"] in expected]
         got = {r["fingerprint"] for r in records}
         if got != expected:
             raise DataError(
@@ -557,7 +560,8 @@ def _plan_checked(
             if pair.needs_features:
                 todo |= store.missing(pair.run.model, dataset.table["sha256"].tolist())
         paths = sorted(set(dataset.table.loc[dataset.table["sha256"].isin(todo), "path"]))
-        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        # PIL releases the GIL while it decodes: one thread per CPU this process may use
+        with ThreadPoolExecutor(max_workers=available_cpus()) as pool:
             problems = dict(zip(paths, pool.map(image_problem, paths), strict=True))
         bad = {p: why for p, why in problems.items() if why is not None}
         if bad and config.skip_bad_images:
