@@ -4,6 +4,7 @@ precision, and --batch-size auto backing off on out-of-memory."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,48 @@ def test_precision_is_in_the_fingerprint_and_the_provenance(tmp_path):
         assert fp32[cell]["fingerprint"] != bf16[cell]["fingerprint"]
         assert fp32[cell]["provenance"]["precision"] == "fp32"
         assert bf16[cell]["provenance"]["precision"] == "bf16"
+
+
+def test_one_model_extracts_other_image_sets_in_parallel_and_waits_for_its_own(images, tmp_path):
+    """The cache lock is per (model, set of images): a cluster extracts one model on many
+    datasets at once, and two workers given the same images embed them once."""
+    import threading
+    import time
+
+    from fundbench.features.store import _image_set
+    from fundbench.util.locks import exclusive
+
+    model = TinyConv(CONFIGS["center_crop"])
+    store = FeatureStore(tmp_path, options=ExtractionOptions(workers=0))
+    first, second = images[:7], images[7:]
+    ids = {p: f"d{i}" for i, p in enumerate(images)}
+    released = threading.Event()
+    locks = tmp_path / store.key(model) / ".locks"
+
+    def hold(image_set: str, seconds: float, folder: Path = locks) -> None:
+        with exclusive(folder / image_set, what="test", wait=None):
+            held.set()
+            time.sleep(seconds)
+        released.set()
+
+    held = threading.Event()
+    other = threading.Thread(target=hold, args=(_image_set([ids[p] for p in first]), 30))
+    other.daemon = True
+    other.start()
+    held.wait(5)
+    t0 = time.perf_counter()
+    store.embeddings(model, second, [ids[p] for p in second])  # another set: no wait
+    assert time.perf_counter() - t0 < 20 and not released.is_set()
+
+    other_model = TinyConv(CONFIGS["center_crop"], seed=1)
+    held = threading.Event()
+    other_locks = tmp_path / store.key(other_model) / ".locks"
+    same = threading.Thread(
+        target=hold, args=(_image_set([ids[p] for p in second]), 1.0, other_locks)
+    )
+    released.clear()
+    same.start()
+    held.wait(5)
+    store.embeddings(other_model, second, [ids[p] for p in second])  # the same set: waits
+    assert released.is_set()  # it could only go on once the holder let go
+    same.join()

@@ -18,7 +18,7 @@ def fundbench_register_executors(register):
         "ray",
         "fundbench.builtin.ray_executor:RayExecutor",
         description="units as Ray tasks: extraction where the GPUs are, cell fitting on CPUs "
-        "(extra: fundbench[ray]; option: address)",
+        "(extra: fundbench[ray]; options: address, gpus, cpus, fit_cpus, max_retries)",
     )
     register(
         "submitit",

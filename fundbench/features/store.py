@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 #: Bump when the extraction changes in a way that alters embeddings.
 #: 2: exact full-resolution decoding and the authors' library resize/crop operations.
 EXTRACTOR_VERSION = "2"
+
+
 def model_cache_key(model: Model, numerics: str = "") -> str:
     """The feature-cache folder of a model's embeddings: its weights, preprocessing, class
     and variant, and ``numerics`` (:attr:`ExtractionOptions.numerics`: "" at fp32)."""
@@ -111,9 +113,11 @@ class FeatureStore:
                 read.add(shard.name)
         return table
 
-    def _save_shard(self, key: str, ids: list[str], x: np.ndarray) -> None:
+    def _save_shard(self, key: str, ids: list[str], x: np.ndarray, images: str) -> None:
+        """One shard, named by the image set being extracted (whose lock the writer holds)
+        and its ids."""
         name = hashlib.sha256("".join(ids).encode()).hexdigest()[:16]
-        path = self._folder(key) / f"shard-{name}.npz"
+        path = self._folder(key) / f"shard-{images}-{name}.npz"
         ids_array = np.array(ids)
 
         def write(tmp: Path) -> None:
@@ -161,20 +165,23 @@ class FeatureStore:
             for st in stats:
                 st.cached += len(set(digests))
             return
+        # One lock per (model, set of images): two runs (or two workers of one run) about to
+        # embed the same images wait for each other and the second reads the first one's
+        # shards, while the same model on other datasets extracts in parallel.
+        images = _image_set(digests)
         with contextlib.ExitStack() as held:
             for key in busy:  # one order for every process: no deadlock
                 folder = self._folder(key)
-                what = "this model's feature cache, which another run is filling"
-                held.enter_context(exclusive(folder, what=what, wait=None))
-                for stale in folder.glob(".*.tmp"):  # left by a writer killed mid-shard
-                    stale.unlink(missing_ok=True)
-                self.refresh(key)  # what the other run embedded while we waited
+                what = _CACHE_BUSY
+                held.enter_context(exclusive(folder / ".locks" / images, what=what, wait=None))
+                _remove_stale_temporaries(folder, images)
+                self.refresh(key)  # what the other extraction embedded while we waited
             jobs = []
             for model, key, st in zip(models, keys, stats, strict=True):
                 todo = self._todo(key, paths, digests)
                 st.cached += len(set(digests)) - len(todo)
                 if todo:
-                    jobs.append(_Job(model, key, todo, st))
+                    jobs.append(_Job(model, key, todo, st, images))
             if jobs:
                 self._extract(jobs, batch_size, progress)
 
@@ -188,13 +195,15 @@ class FeatureStore:
     def ingest(self, key: str, digests: Sequence[str], x: np.ndarray) -> None:
         """Embeddings computed elsewhere (a worker without this filesystem): the ones this
         cache lacks are saved as shards."""
-        with exclusive(self._folder(key), what="this model's feature cache", wait=None):
+        images = _image_set(digests)
+        what = _CACHE_BUSY
+        with exclusive(self._folder(key) / ".locks" / images, what=what, wait=None):
             table = self.refresh(key)
             new = {d: i for i, d in enumerate(digests) if d not in table}
             ids = list(new)
             for start in range(0, len(ids), self.shard_size):
                 chunk = ids[start : start + self.shard_size]
-                self._save_shard(key, chunk, x[[new[d] for d in chunk]])
+                self._save_shard(key, chunk, x[[new[d] for d in chunk]], images)
 
     def missing(self, model: Model, digests: Sequence[str]) -> set[str]:
         """The digests among ``digests`` that ``model`` has no cached embedding for."""
@@ -245,8 +254,23 @@ class FeatureStore:
 
     def _flush(self, job: _Job) -> None:
         if job.pending_ids:
-            self._save_shard(job.key, job.pending_ids, np.concatenate(job.pending_x))
+            self._save_shard(job.key, job.pending_ids, np.concatenate(job.pending_x), job.images)
             job.pending_ids, job.pending_x = [], []
+
+
+_CACHE_BUSY = "this model's feature cache for these images, which another extraction is filling"
+
+
+def _image_set(digests: Sequence[str]) -> str:
+    """The name of a set of images: its lock, and the prefix of the shards written under it."""
+    return hashlib.sha256("\n".join(sorted(set(digests))).encode()).hexdigest()[:16]
+
+
+def _remove_stale_temporaries(folder: Path, images: str) -> None:
+    """Temporary shard files of this image set: left by a writer killed mid-shard (we hold
+    the set's lock, so no live writer owns one; other sets' writers are left alone)."""
+    for stale in folder.glob(f".shard-{images}-*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _shard_digest(ids: Sequence[str], x: np.ndarray) -> str:
@@ -295,6 +319,8 @@ class _Job:
     key: str
     todo: dict[str, str]
     stats: ExtractionStats
+    #: the image set whose lock this extraction holds (names its shards)
+    images: str
     pending_ids: list[str] = field(default_factory=list)
     pending_x: list[np.ndarray] = field(default_factory=list)
 

@@ -276,11 +276,9 @@ def _run(
     }
     interrupt.arm()  # from here a first Ctrl-C/SIGTERM waits for the next cell boundary
     session = _Session(config, store, summary, datasets, plans)
-    try:
-        results = executor.execute(units, session)
-    except BaseException:
-        _summarise(out, plan.tag, info, summary, start)  # what finished stays in run.json
-        raise
+    # a run stopped or failed part-way writes no run.json: nothing claims a full run (each
+    # finished unit's summary is on disk; the rerun merges them)
+    results = executor.execute(units, session)
     for result in results:
         if result.extraction:
             summary.extraction[f"{result.model}/{result.dataset}"] = result.extraction
