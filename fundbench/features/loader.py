@@ -120,6 +120,9 @@ def batches(
     workers = min(options.worker_count(), -(-len(dataset) // batch_size))
     extra: dict = {}
     if workers > 0:
+        # imported once here, not once per worker after the fork (over a second each)
+        import torchvision.transforms.functional  # noqa: F401
+
         extra = {
             "prefetch_factor": options.prefetch,
             "worker_init_fn": _quiet_worker,
