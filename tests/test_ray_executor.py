@@ -29,15 +29,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from executor_cases import small_run as _config
+from executor_cases import values
 
-from fundbench import RunConfig, hookimpl, run
+from fundbench import hookimpl, run
 from fundbench.api.errors import ConfigError, DataError
 from fundbench.builtin.ray_executor import NEEDS_RAY, RayExecutor, fit_unit
 from fundbench.cli.main import main
 from fundbench.host.loading import Host
 from fundbench.host.registry import PluginInfo
 from fundbench.runs import remote
-from fundbench.runs.records import iter_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -211,30 +212,6 @@ def cluster():
                 os.environ[k] = v
         shutil.rmtree(root, ignore_errors=True)
         assert not left, f"Ray processes left running: {sorted(left)}"
-
-
-def _config(root: Path, name: str, **kw) -> RunConfig:
-    return RunConfig(
-        models=["random_init"],
-        datasets=["synth_glaucoma", "synth_dr"],
-        limit=8,
-        bootstrap=10,
-        out=root / name / "out",
-        cache=root / name / "cache",
-        report=False,
-        **kw,
-    )
-
-
-def values(out) -> dict:
-    """Per cell: status, fingerprint, metrics, predictions, counts."""
-    return {
-        json.dumps(r["cell"], sort_keys=True): {
-            k: r.get(k)
-            for k in ("status", "fingerprint", "metrics", "predictions", "n_train", "n_test")
-        }
-        for r in iter_records(out)
-    }
 
 
 @pytest.fixture(scope="module")

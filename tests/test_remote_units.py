@@ -8,13 +8,14 @@ import json
 import pickle
 
 import pytest
+from executor_cases import small_run as _config
+from executor_cases import values
 
-from fundbench import RunConfig, hookimpl, run
+from fundbench import hookimpl, run
 from fundbench.api.errors import DataError
 from fundbench.host.loading import Host
 from fundbench.host.registry import PluginInfo
 from fundbench.runs import remote
-from fundbench.runs.records import iter_records
 
 
 def _through_pickle(value):
@@ -63,29 +64,6 @@ def host() -> Host:
     host = Host().load_entry_points()
     assert host.add_plugin(_Plugin(), PluginInfo("loop", "loop-tests", "1.0")), host.problems
     return host
-
-
-def _config(root, name, **kw) -> RunConfig:
-    return RunConfig(
-        models=["random_init"],
-        datasets=["synth_glaucoma", "synth_dr"],
-        limit=8,
-        bootstrap=10,
-        out=root / name / "out",
-        cache=root / name / "cache",
-        **kw,
-    )
-
-
-def values(out) -> dict:
-    """Per cell: status, fingerprint, metrics, predictions, counts."""
-    return {
-        json.dumps(r["cell"], sort_keys=True): {
-            k: r.get(k)
-            for k in ("status", "fingerprint", "metrics", "predictions", "n_train", "n_test")
-        }
-        for r in iter_records(out)
-    }
 
 
 @pytest.fixture(scope="module")

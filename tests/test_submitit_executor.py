@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_remote_units import values  # records value for value
+from executor_cases import DATASETS, values
+from executor_cases import small_run as _config
 
-from fundbench import RunConfig, hookimpl, run
+from fundbench import hookimpl, run
 from fundbench.api.errors import ConfigError
 from fundbench.builtin.submitit_executor import NEEDS_SUBMITIT, JobsFailed, SubmititExecutor
 from fundbench.host.loading import Host
@@ -24,7 +25,6 @@ from fundbench.host.registry import PluginInfo
 from fundbench.util.paths import cache_dir
 
 LOCAL = {"cluster": "local", "timeout_min": 10}
-DATASETS = ["synth_glaucoma", "synth_dr"]
 
 
 class ImagesVanish(SubmititExecutor):
@@ -52,19 +52,6 @@ def host() -> Host:
     host = Host().load_entry_points()
     assert host.add_plugin(_Plugin(), PluginInfo("sx", "submitit-tests", "1.0")), host.problems
     return host
-
-
-def _config(root: Path, name: str, **kw) -> RunConfig:
-    return RunConfig(
-        models=["random_init"],
-        datasets=DATASETS,
-        limit=8,
-        bootstrap=10,
-        out=root / name / "out",
-        cache=root / name / "cache",
-        report=False,
-        **kw,
-    )
 
 
 @pytest.fixture(scope="module")
