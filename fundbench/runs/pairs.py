@@ -76,7 +76,7 @@ class PairPlan:
             "prompts_digest": prompts.digest if prompts else None,
             "zero_shot": model.zero_shot_convention(),
             "eval_version": EVAL_VERSION,
-            # fp32 exact decoding adds nothing, so records from before these options match
+            # fp32 adds nothing, so records from before the --precision option still match
             **({"numerics": numerics} if (numerics := store.options.numerics) else {}),
         }
         modality_reason = None
@@ -91,7 +91,7 @@ class PairPlan:
             dataset,
             logit_scale=float(model.logit_scale),
             no_text_reason=_no_text_reason(model, dataset, prompts),
-            load_features=lambda: Features.from_dataset(dataset, plan_.embeddings(config, store)),
+            load_features=lambda: Features.from_dataset(dataset, pair.embeddings(config, store)),
             load_text_weights=lambda: _text_weights(mr.model, dataset, prompts),
         )
         plan = []
@@ -125,8 +125,8 @@ class PairPlan:
             "zero_shot": base["zero_shot"],
             "model_variant": model.variant,
         }
-        plan_ = cls(mr, dataset, ctx, base, plan, provenance, modality_reason, stats)
-        return plan_
+        pair = cls(mr, dataset, ctx, base, plan, provenance, modality_reason, stats)
+        return pair  # the context's feature loader above extracts through this pair
 
     @property
     def pending(self) -> list:
