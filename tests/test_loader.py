@@ -219,3 +219,21 @@ def test_one_model_extracts_other_image_sets_in_parallel_and_waits_for_its_own(i
     store.embeddings(other_model, second, [ids[p] for p in second])  # the same set: waits
     assert released.is_set()  # it could only go on once the holder let go
     same.join()
+
+
+def test_pipeline_options_through_the_command_line(tmp_path, capsys):
+    """The README's --batch-size auto, --precision and --workers, end to end from the CLI."""
+    from fundbench.cli.main import main
+
+    out = tmp_path / "out"
+    code = main(
+        ["run", "--model", "random_init", "--dataset", "synth_glaucoma", "--limit", "4",
+         "--task", "linear_probe", "--bootstrap", "5", "--out", str(out),
+         "--cache", str(tmp_path / "cache"), "--batch-size", "auto", "--precision", "bf16",
+         "--workers", "1", "--prefetch", "1"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    records = list(iter_records(out))
+    assert records and all(r["provenance"]["precision"] == "bf16" for r in records)
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert (config["batch_size"], config["workers"], config["prefetch"]) == ("auto", 1, 1)

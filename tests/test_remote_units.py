@@ -80,7 +80,18 @@ def test_remote_protocol_gives_the_in_process_records(host, reference, tmp_path,
     summary = run(_config(tmp_path, executor, executor=executor), host)
     assert values(out) == values(reference) and len(values(out)) > 4
     merged = json.loads((out / "run.json").read_text())
-    assert merged["cells"] == json.loads((reference / "run.json").read_text())["cells"]
+    whole = json.loads((reference / "run.json").read_text())
+    assert merged["cells"] == whole["cells"]
+    # each unit's cell time, measured where its cells ran, reaches run.json
+    assert (
+        merged["cells_s"].keys()
+        == whole["cells_s"].keys()
+        == {
+            "random_init/synth_glaucoma",
+            "random_init/synth_dr",
+        }
+    )
+    assert all(seconds > 0 for seconds in merged["cells_s"].values())
     if executor == "loopback":  # the driver wrote the cache from what the worker sent
         assert summary.extraction["random_init/synth_dr"]["images"] > 0
     # a rerun through the same executor reuses every cell
@@ -129,6 +140,10 @@ def test_a_worker_that_sees_other_files_refuses(host, tmp_path):
     with pytest.raises(Exception, match="not part of this run"):
         engine.worker_pair(replace(ticket, unit="nope"), host)
     assert config.out.parent.exists()
+    # a worker plans only the cells the driver still lacks (it may not see the records)
+    assert len(ticket.pending) > 2
+    pair, _ = engine.worker_pair(replace(ticket, pending=ticket.pending[:2]), host)
+    assert [p[4] for p in pair.pending] == list(ticket.pending[:2])
 
 
 class _RemoteSpy:

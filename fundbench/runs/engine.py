@@ -35,7 +35,7 @@ from fundbench.models.build import build_model, resolve_model_inputs
 from fundbench.models.weights import RunFile
 from fundbench.runs import facts as facts_lib
 from fundbench.runs.executors import Extracted, UnitResult, UnitTicket
-from fundbench.runs.pairs import PairPlan, extract_together
+from fundbench.runs.pairs import PairPlan, extract_together, write_records
 from fundbench.runs.plan import (
     ModelSpec,
     WorkUnit,
@@ -44,7 +44,6 @@ from fundbench.runs.plan import (
     take_shard,
     work_units,
 )
-from fundbench.runs.records import write_record
 from fundbench.runs.summary import finalize, write_invocation, write_unit
 from fundbench.runs.validation import check_prompt_coverage, check_run_config
 from fundbench.util import interrupt
@@ -387,7 +386,9 @@ def worker_pair(ticket: UnitTicket, host: Host) -> tuple[PairPlan, FeatureStore]
             "every node must see the same files at the same paths"
         )
     store = feature_store(config)
-    return PairPlan.make(mr, dataset, config, store), store
+    pair = PairPlan.make(mr, dataset, config, store)
+    pair.keep_only(set(ticket.pending))
+    return pair, store
 
 
 def _describe_models(runs) -> dict:
@@ -431,8 +432,8 @@ class _Session:
                 extract_together(needing, self.datasets[name], self.config, self.store)
             for unit, pair in zip(mine, pairs, strict=True):
                 before = (self.summary.computed, self.summary.reused, self.summary.not_applicable)
-                pair.compute(self.config, self.summary)
-                results.append(self._finished(unit, pair, before))
+                cells_s = pair.compute(self.config, self.summary)
+                results.append(self._finished(unit, pair, before, cells_s))
         return results
 
     def pending(self, unit: WorkUnit) -> bool:
@@ -448,6 +449,7 @@ class _Session:
             facts=pair.run.facts,
             manifest_digest=pair.dataset.manifest_digest,
             skipped=tuple((s["path"], s["reason"]) for s in pair.dataset.skipped),
+            pending=tuple(p[4] for p in pair.pending),
         )
 
     def ingest(self, unit: WorkUnit, extracted: Extracted) -> None:
@@ -465,26 +467,20 @@ class _Session:
         pair = self.plans[unit.id]
         before = (self.summary.computed, self.summary.reused, self.summary.not_applicable)
         expected = {p[4] for p in pair.pending}
-        # a worker that does not see this results folder (no shared filesystem) planned every
-        # cell of the unit: keep those this driver still lacks
-        records = [r for r in records if r["fingerprint"] in expected]
         got = {r["fingerprint"] for r in records}
         if got != expected:
             raise DataError(
                 f"work unit {unit.id} ({unit.spec.entry.name} on {unit.dataset}) came back with "
-                f"{len(got)} records for {len(expected)} pending cells; the worker's "
-                "installation differs from the driver's"
+                f"{len(got)} records for {len(expected)} pending cells; install the same "
+                "fundbench, plugins and definitions on every node"
             )
-        self.summary.reused += len(pair.plan) - len(pair.pending)
-        for record in records:
-            write_record(self.config.out, record)
-            if record["status"] == "ok":
-                self.summary.computed += 1
-            else:
-                self.summary.not_applicable += 1
-        return self._finished(unit, pair, before)
+        reused = len(pair.plan) - len(expected)
+        cells_s = write_records(self.config.out, records, self.summary, reused=reused)
+        return self._finished(unit, pair, before, cells_s)
 
-    def _finished(self, unit: WorkUnit, pair: PairPlan, before: tuple) -> UnitResult:
+    def _finished(
+        self, unit: WorkUnit, pair: PairPlan, before: tuple, cells_s: float = 0.0
+    ) -> UnitResult:
         stats = pair.stats.as_dict() if pair.stats.images or pair.stats.cached else {}
         result = UnitResult(
             unit.id,
@@ -495,6 +491,7 @@ class _Session:
             self.summary.reused - before[1],
             self.summary.not_applicable - before[2],
             stats,
+            round(cells_s, 4),
         )
         write_unit(self.config.out, result.as_dict())
         return result

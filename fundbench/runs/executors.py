@@ -36,6 +36,8 @@ class UnitResult:
     reused: int = 0
     not_applicable: int = 0
     extraction: dict = field(default_factory=dict)
+    #: seconds its cells took to fit and score (the sum over the records it wrote)
+    cells_s: float = 0.0
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -45,14 +47,17 @@ class UnitResult:
 class UnitTicket:
     """Everything a worker process needs to redo the driver's planning of one unit: the
     run's config, the unit's id, its model's facts (so nothing is built before extraction
-    needs it) and the dataset as the driver saw it (its manifest digest, the images it left
-    out). Small and picklable: Ray and submitit ship it to the worker."""
+    needs it), the dataset as the driver saw it (its manifest digest, the images it left
+    out) and the cells it still lacks. Small and picklable: Ray and submitit ship it to the
+    worker."""
 
     config: RunConfig
     unit: str
     facts: ModelFacts
     manifest_digest: str
     skipped: tuple[tuple[str, str], ...] = ()
+    #: fingerprints of the cells the driver still lacks: the worker plans only these
+    pending: tuple[str, ...] = ()
 
 
 @dataclass

@@ -4,8 +4,9 @@ already written, its features loaded on first need, each cell computed and recor
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -140,15 +141,16 @@ class PairPlan:
         text_free = self.ctx.no_text_reason is None
         return any(p[0].protocol != "zero_shot" or text_free for p in self.pending)
 
-    def compute(self, config: RunConfig, summary: RunSummary) -> None:
-        """Compute every pending cell and write its record as it is done."""
-        summary.reused += len(self.plan) - len(self.pending)
-        for record in self.records():
-            write_record(config.out, record)
-            if record["status"] == "ok":
-                summary.computed += 1
-            else:
-                summary.not_applicable += 1
+    def compute(self, config: RunConfig, summary: RunSummary) -> float:
+        """Compute every pending cell and write its record as it is done; returns the
+        seconds the cells took (their records' fit and score times)."""
+        reused = len(self.plan) - len(self.pending)
+        return write_records(config.out, self.records(), summary, reused=reused)
+
+    def keep_only(self, fingerprints: set[str]) -> None:
+        """Plan only the cells with these fingerprints (what the driver still lacks): a worker
+        that cannot see the results folder would otherwise plan every cell of the unit."""
+        self.plan = [p if p is not None and p[4] in fingerprints else None for p in self.plan]
 
     def records(self) -> Iterator[dict]:
         """Each pending cell's record, computed one at a time (a cell boundary between each:
@@ -210,6 +212,24 @@ class PairPlan:
             self.ctx.features = Features.from_dataset(self.dataset, x)
         if text_weights is not None:
             self.ctx.text_weights = text_weights
+
+
+def write_records(
+    out: Path, records: Iterable[dict], summary: RunSummary, *, reused: int = 0
+) -> float:
+    """Write each record as it comes and count it in ``summary``; returns the seconds the
+    cells took (the sum of their records' fit and score times)."""
+    summary.reused += reused
+    seconds = 0.0
+    for record in records:
+        write_record(out, record)
+        if record["status"] == "ok":
+            summary.computed += 1
+        else:
+            summary.not_applicable += 1
+        timing = record.get("timing") or {}
+        seconds += timing.get("fit_s", 0.0) + timing.get("score_s", 0.0)
+    return seconds
 
 
 def extract_together(

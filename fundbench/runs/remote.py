@@ -16,10 +16,10 @@ and the fit of one unit, or several units of one model, do not rebuild the model
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from collections import OrderedDict
 
-from fundbench.api.definitions import digest_of
 from fundbench.host.loading import get_host
 from fundbench.runs.executors import Extracted, UnitResult, UnitTicket
 
@@ -30,7 +30,7 @@ _pairs: OrderedDict = OrderedDict()
 def _pair(ticket: UnitTicket):
     from fundbench.runs.engine import worker_pair
 
-    key = digest_of({"ticket": pickle.dumps(ticket).hex()})
+    key = hashlib.sha256(pickle.dumps(ticket)).hexdigest()
     if key not in _pairs:
         _pairs[key] = worker_pair(ticket, get_host())
         while len(_pairs) > _KEEP:
@@ -71,7 +71,7 @@ def run_here(ticket: UnitTicket) -> UnitResult:
 
     pair, _ = _pair(ticket)
     summary = RunSummary(out=ticket.config.out)
-    pair.compute(ticket.config, summary)
+    cells_s = pair.compute(ticket.config, summary)
     stats = pair.stats.as_dict() if pair.stats.images or pair.stats.cached else {}
     result = UnitResult(
         ticket.unit,
@@ -82,6 +82,7 @@ def run_here(ticket: UnitTicket) -> UnitResult:
         summary.reused,
         summary.not_applicable,
         stats,
+        round(cells_s, 4),
     )
     write_unit(ticket.config.out, result.as_dict())
     return result

@@ -69,13 +69,16 @@ def merge(invocations: list[dict], units: list[dict]) -> dict:
         missing.update(inv.get("missing_datasets", {}))
     for name in datasets:
         missing.pop(name, None)
-    extraction, cells = {}, {"computed": 0, "reused": 0, "not_applicable": 0}
+    extraction, cells_s = {}, {}
+    cells = {"computed": 0, "reused": 0, "not_applicable": 0}
     for unit in sorted(units, key=lambda u: u["unit"]):
+        key = f"{unit['model']}/{unit['dataset']}"
+        if key in extraction or key in cells_s:
+            key = f"{unit['model']}[{unit['variant']}]/{unit['dataset']}"
         if unit.get("extraction"):
-            key = f"{unit['model']}/{unit['dataset']}"
-            if key in extraction:
-                key = f"{unit['model']}[{unit['variant']}]/{unit['dataset']}"
             extraction[key] = unit["extraction"]
+        if unit.get("cells_s"):
+            cells_s[key] = unit["cells_s"]
         for count in cells:
             cells[count] += unit.get(count, 0)
     config = {k: v for k, v in latest.get("config", {}).items() if k != "shard"}
@@ -88,6 +91,8 @@ def merge(invocations: list[dict], units: list[dict]) -> dict:
         "environment": latest.get("environment", {}),
         "plugin_problems": latest.get("plugin_problems", []),
         "extraction": extraction,
+        # seconds each unit's computed cells took to fit and score (this run's, not reused)
+        "cells_s": cells_s,
         "wall_s": round(sum(i.get("wall_s", 0.0) for i in invocations), 3),
         "cells": cells,
         "invocations": sorted(
