@@ -8,7 +8,9 @@ The stable public API; tests, examples and notebooks use only these names::
     summary = fundbench.run(models=["keepfit_v2"], out="results")  # resumable, with report.html
     frame = fundbench.load_results("results")                      # tidy metric rows
 
-Plugin authors: ``from fundbench import Model, PreprocessConfig, hookimpl``.
+Plugin authors: ``from fundbench import Model, PreprocessConfig, hookimpl`` and, for a
+model's typed registration, ``Licence``, ``Paper``, ``ReferenceCode``, ``Checkpoint`` and
+``Verification`` (:mod:`fundbench.api.spec`); the conformance kit is :mod:`fundbench.testing`.
 
 Importing ``fundbench`` is cheap: ``hookimpl``, ``hookspec`` and ``FundbenchError`` are
 imported at once, everything that needs torch or pandas on first access (PEP 562), so a
@@ -36,7 +38,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first
 
 #: public name -> the module that defines it, imported on first access
 _LAZY = {
+    "CONTRACT_VERSION": "fundbench.api.contract",
+    "Checkpoint": "fundbench.api.spec",
     "EmbeddingTable": "fundbench.features.embed",
+    "Licence": "fundbench.api.spec",
+    "ModelSpec": "fundbench.api.spec",
+    "Paper": "fundbench.api.spec",
+    "ReferenceCode": "fundbench.api.spec",
+    "Verification": "fundbench.api.spec",
     "Model": "fundbench.api.model",
     "PreprocessConfig": "fundbench.api.preprocess",
     "RunConfig": "fundbench.runs.engine",
@@ -47,7 +56,14 @@ _LAZY = {
 }
 
 __all__ = [
+    "CONTRACT_VERSION",
+    "Checkpoint",
     "EmbeddingTable",
+    "Licence",
+    "ModelSpec",
+    "Paper",
+    "ReferenceCode",
+    "Verification",
     "FundbenchError",
     "Model",
     "PreprocessConfig",

@@ -11,6 +11,7 @@ import pytest
 
 from fundbench.data.datasets import load_dataset
 from fundbench.host.loading import Host
+from fundbench.testing import dataset_reader_checks, run_checks
 
 CASES = {}
 for info in pkgutil.iter_modules(fake_layouts.__path__):
@@ -37,11 +38,12 @@ def test_adapter_reads_its_official_layout_with_exact_counts(dataset_id, host, t
     dataset = load_dataset(dataset_id, host=host, data_root=tmp_path)
     for splits, want in expected.items():
         assert counts(dataset, splits) == want, splits
-    assert set(dataset.table["split"]) <= {"train", "val", "test"}
-    assert (dataset.table["split"] == "test").any() and (dataset.table["split"] == "train").any()
-    # patients never straddle splits
-    per_patient = dataset.table.groupby("patient")["split"].nunique()
-    assert (per_patient == 1).all()
+    # the conformance kit's reader rules: columns, labels and files, train and test splits,
+    # no patient in two splits, the same table on a second read
+    definition = host.datasets.get(dataset_id).obj
+    reader = host.formats.get(definition.format).obj
+    failed = [r.message for r in run_checks(dataset_reader_checks(reader, definition, tmp_path))]
+    assert [m for m in failed if m] == []
 
 
 def test_every_public_dataset_definition_has_a_fake_layout(host):
@@ -124,3 +126,10 @@ def test_absent_dataset_is_a_missing_notice_and_the_run_goes_on(tmp_path, capsys
         ]
     )
     assert code == 2 and "none of the requested datasets" in capsys.readouterr().err
+
+
+def test_the_synthetic_suite_reader_passes_the_kit(host):
+    definition = host.datasets.get("synth_glaucoma").obj
+    reader = host.formats.get(definition.format).obj
+    results = run_checks(dataset_reader_checks(reader, definition))
+    assert len(results) == 5 and [r.message for r in results if not r.passed] == []

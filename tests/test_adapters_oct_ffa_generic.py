@@ -224,6 +224,8 @@ def test_retfound_jsiec_uses_the_jsiec_class_names(host):
 class FlairCsvPlugin:
     """A test-only definition in FLAIR's dataframe format."""
 
+    FUNDBENCH_CONTRACT = "2.0"
+
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 

@@ -106,7 +106,11 @@ def test_list_models_json_names_every_builtin_model_with_its_distribution():
     assert flair["metadata"]["needs_weights"] is True
     assert flair["metadata"]["modalities"] == ["cfp"] and flair["metadata"]["paper"]
     assert flair["details"] == flair["metadata"]["description"]
-    assert by_name["timm"]["metadata"]["family"] is True
+    assert by_name["timm"]["metadata"]["parametric"] is True
+    assert by_name["timm"]["metadata"]["family"] == "timm"
+    # the typed declaration travels with the listing: licence, paper, verification
+    assert flair["metadata"]["licence"]["code"] and flair["metadata"]["verification"]["status"]
+    assert flair["metadata"]["paper"]["arxiv"].startswith("2308.07898v")
 
 
 def test_list_json_other_kinds_and_bad_format():

@@ -92,13 +92,14 @@ def test_second_call_reuses_the_cache_without_a_forward_pass(images, cache, monk
 
     monkeypatch.setattr(RandomInitModel, "encode_images", counted)
     first = fundbench.embed("random_init", images, model_args=SMALL)
-    assert sum(calls) == 4 and (cache / "features" / first.cache_key).is_dir()
+    # 4 images, and the first again alone: the contract's batch-size rule on the first batch
+    assert calls == [4, 1] and (cache / "features" / first.cache_key).is_dir()
     calls.clear()
     second = fundbench.embed("random_init", images, model_args=SMALL)
     assert calls == [] and (second.computed, second.cached) == (0, 4)
     np.testing.assert_array_equal(first.vectors, second.vectors)
     other = fundbench.embed("random_init", images, model_args={"resolution": 72})
-    assert sum(calls) == 4 and other.cache_key != first.cache_key  # new preprocessing
+    assert sum(calls) == 5 and other.cache_key != first.cache_key  # new preprocessing
 
 
 def test_run_and_embed_share_one_feature_store(toy_host, cache, tmp_path):

@@ -5,15 +5,19 @@ from __future__ import annotations
 import types
 
 import pytest
+import toy_plugin
 
 from fundbench import hookimpl
 from fundbench.api.errors import ConfigError
 from fundbench.host.loading import Host, get_host
 from fundbench.host.registry import PluginInfo
 
+SPEC = toy_plugin.SPEC
+
 
 def _plugin(**hooks) -> types.ModuleType:
     module = types.ModuleType("fake_plugin")
+    module.FUNDBENCH_CONTRACT = "2.0"
     for name, fn in hooks.items():
         setattr(module, name, hookimpl(fn))
     return module
@@ -51,10 +55,10 @@ def test_plugin_raising_in_hook_is_reported_and_skipped():
     host = Host()
 
     def good(register):
-        register("good_model", object)
+        register("good_model", object, **SPEC)
 
     def bad(register):
-        register("half_registered", object)
+        register("half_registered", object, **SPEC)
         raise RuntimeError("boom")
 
     assert host.add_plugin(
@@ -72,11 +76,11 @@ def test_duplicate_name_is_reported_with_both_distributions():
     host = Host()
 
     def first(register):
-        register("dup", object)
+        register("dup", object, **SPEC)
 
     def second(register):
-        register("dup", object)
-        register("unique", object)
+        register("dup", object, **SPEC)
+        register("unique", object, **SPEC)
 
     host.add_plugin(_plugin(fundbench_register_models=first), PluginInfo("a", "dist-a", "1"))
     host.add_plugin(_plugin(fundbench_register_models=second), PluginInfo("b", "dist-b", "1"))
@@ -89,7 +93,7 @@ def test_hookimpl_with_unknown_name_is_rejected():
     host = Host()
 
     def fundbench_register_modles(register):  # typo: matches no hookspec
-        register("x", object)
+        register("x", object, **SPEC)
 
     module = types.ModuleType("typo")
     module.fundbench_register_modles = hookimpl(fundbench_register_modles)
@@ -124,7 +128,7 @@ def test_builtin_models_register_lazily_and_resolve_on_first_use():
 
     assert entries["random_init"].obj is RandomInitModel and entries["random_init"].loaded
     member = host.models.get("timm:resnet18")
-    assert not member.loaded and member.metadata["family"] is False
+    assert not member.loaded and member.spec.parametric is False and member.spec.family == "timm"
     assert member.obj.func.__name__ == "TimmModel" and member.obj.args == ("resnet18",)
 
 
@@ -134,8 +138,10 @@ def test_lazy_factory_that_fails_to_import_is_a_plugin_error_naming_the_distribu
     from fundbench.models.build import build_model
 
     def models(register):
-        register("ghost", "fundbench_no_such_module.model:Ghost", description="never imports")
-        register("broken", lazy(lambda: 1 / 0, "acme.broken:Model"))
+        register(
+            "ghost", "fundbench_no_such_module.model:Ghost", description="never imports", **SPEC
+        )
+        register("broken", lazy(lambda: 1 / 0, "acme.broken:Model"), **SPEC)
 
     host = Host()
     assert host.add_plugin(
@@ -153,8 +159,8 @@ def test_lazy_factory_that_fails_to_import_is_a_plugin_error_naming_the_distribu
 
 def test_malformed_reference_is_reported_at_registration():
     def models(register):
-        register("fine", object)
-        register("typo", "no colon here")
+        register("fine", object, **SPEC)
+        register("typo", "no colon here", **SPEC)
 
     host = Host()
     assert not host.add_plugin(

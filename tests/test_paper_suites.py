@@ -120,6 +120,8 @@ def test_resplit_task_end_to_end_and_reported_vs_reproduced(toy_host, tmp_path):
     }
 
     class Tasks:
+        FUNDBENCH_CONTRACT = "2.0"
+
         from fundbench import hookimpl
 
         @staticmethod

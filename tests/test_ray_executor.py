@@ -292,6 +292,8 @@ class _Spy:
 
 
 class _SpyPlugin:
+    FUNDBENCH_CONTRACT = "2.0"
+
     @hookimpl
     def fundbench_register_executors(self, register):
         register("ticket_spy", _Spy, description="test: keeps the tickets")
@@ -386,6 +388,8 @@ class _Island(RayExecutor):
 
 
 class _IslandPlugin:
+    FUNDBENCH_CONTRACT = "2.0"
+
     @hookimpl
     def fundbench_register_executors(self, register):
         register("ray_island", _Island, description="test: Ray without a shared filesystem")
@@ -428,6 +432,8 @@ class _Tampered(RayExecutor):
 
 
 class _TamperedPlugin:
+    FUNDBENCH_CONTRACT = "2.0"
+
     @hookimpl
     def fundbench_register_executors(self, register):
         register("ray_tampered", _Tampered, description="test: a unit whose tasks refuse")

@@ -53,6 +53,8 @@ class WholeUnitExecutor:
 
 
 class _Plugin:
+    FUNDBENCH_CONTRACT = "2.0"
+
     @hookimpl
     def fundbench_register_executors(self, register):
         register("loopback", LoopbackExecutor, description="test: remote protocol in-process")
@@ -126,6 +128,8 @@ def test_a_worker_that_sees_other_files_refuses(host, tmp_path):
             return []
 
     class P:
+        FUNDBENCH_CONTRACT = "2.0"
+
         @hookimpl
         def fundbench_register_executors(self, register):
             register("spy", Spy)
@@ -161,6 +165,8 @@ class _RemoteSpy:
 
 
 class _SpyPlugin:
+    FUNDBENCH_CONTRACT = "2.0"
+
     @hookimpl
     def fundbench_register_executors(self, register):
         register("remote_spy", _RemoteSpy, description="test: a remote executor")

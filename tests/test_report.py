@@ -18,11 +18,17 @@ EXTRA = ("toy_r8", "toy_r12", "toy_r24")
 class Variants:
     """ToyClip at other resolutions: different embeddings, so models differ."""
 
+    FUNDBENCH_CONTRACT = "2.0"
+
     @staticmethod
     @hookimpl
     def fundbench_register_models(register):
         for name in EXTRA:
-            register(name, functools.partial(toy_plugin.ToyClip, resolution=int(name[5:])))
+            register(
+                name,
+                functools.partial(toy_plugin.ToyClip, resolution=int(name[5:])),
+                **toy_plugin.SPEC,
+            )
 
 
 @pytest.fixture
@@ -119,10 +125,12 @@ def test_report_escapes_names_from_plugins(host, tmp_path):
     hostile = "<script>alert(1)</script>"
 
     class Hostile:
+        FUNDBENCH_CONTRACT = "2.0"
+
         @staticmethod
         @hookimpl
         def fundbench_register_models(register):
-            register(hostile, toy_plugin.ToyClip)
+            register(hostile, toy_plugin.ToyClip, **toy_plugin.SPEC)
 
     assert host.add_plugin(Hostile, PluginInfo("hostile", "tests", "0"))
     out = _run(host, tmp_path / "out", (hostile, "toy_clip"))

@@ -25,6 +25,7 @@ from fundbench.host.registry import PluginInfo
 from fundbench.reporting.report import render_report
 from fundbench.reporting.screenshot import console_errors, find_browser, open_page
 
+SPEC = toy_plugin.SPEC
 pytestmark = pytest.mark.slow
 
 HOSTILE = "<script>window.__pwned = 1</script><b>bold</b>"
@@ -43,12 +44,14 @@ class ToyVision(toy_plugin.ToyClip):
 class BrowserToys:
     """Models with hostile and ordinary names, a text-less model and a dataset not on disk."""
 
+    FUNDBENCH_CONTRACT = "2.0"
+
     @hookimpl
     def fundbench_register_models(self, register) -> None:
-        register(HOSTILE, toy_plugin.ToyClip, description="a display name holding HTML")
-        register("toy_vision", ToyVision, description="toy model without a text tower")
+        register(HOSTILE, toy_plugin.ToyClip, description="a display name holding HTML", **SPEC)
+        register("toy_vision", ToyVision, description="toy model without a text tower", **SPEC)
         for name, resolution in RESOLUTIONS.items():
-            register(name, functools.partial(toy_plugin.ToyClip, resolution=resolution))
+            register(name, functools.partial(toy_plugin.ToyClip, resolution=resolution), **SPEC)
 
     @hookimpl
     def fundbench_register_datasets(self, register) -> None:

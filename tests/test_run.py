@@ -244,7 +244,7 @@ def test_model_never_embeds_unsupported_modality_or_cached_cells(toy_host, tmp_p
 
     run(_config(tmp_path / "o2", datasets=["toy_csv"], cache=cache), toy_host)
     embedded = sum(seen)
-    assert embedded == 48
+    assert embedded == 48 + 1  # every image, and the first alone (the batch-size rule)
     run(_config(tmp_path / "o2", datasets=["toy_csv"], cache=cache), toy_host)
     assert sum(seen) == embedded  # warm rerun: every cell recorded, no forward pass
 

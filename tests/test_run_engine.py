@@ -90,6 +90,8 @@ class _CountingExecutor(InProcessExecutor):
 
 
 class _ExecutorPlugin:
+    FUNDBENCH_CONTRACT = "2.0"
+
     @hookimpl
     def fundbench_register_executors(self, register):
         register("counting", _CountingExecutor, description="test executor")

@@ -42,6 +42,8 @@ class ImagesVanish(SubmititExecutor):
 
 
 class _Plugin:
+    FUNDBENCH_CONTRACT = "2.0"
+
     @hookimpl
     def fundbench_register_executors(self, register):
         register("images_vanish", ImagesVanish, description="test: a job that fails")

@@ -163,7 +163,7 @@ def test_check_state_dict_counts_and_allowances():
     with pytest.raises(CheckpointError) as info:
         check_state_dict(expected, state, "f.pth", "m")
     message = str(info.value)
-    assert message.startswith("f.pth: not a m checkpoint: 1 missing (e.g. c.x); 2 unexpected")
+    assert message.startswith("f.pth: not a checkpoint of m: 1 missing (e.g. c.x); 2 unexpected")
     assert "b (4,) (model (3,))" in message
     allow = (
         Allowance(r"decoder\.", "unexpected", "decoder"),

@@ -13,10 +13,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fundbench import Model, PreprocessConfig, hookimpl
+from fundbench import Licence, Model, PreprocessConfig, Verification, hookimpl
 
+FUNDBENCH_CONTRACT = "2.0"
 DATA_DIR: Path | None = None
 DIM = 32
+#: the typed registration fields every toy model shares (fundbench.api.spec.ModelSpec)
+SPEC = {
+    "modalities": ("cfp",),
+    "embed_dim": DIM,
+    "licence": Licence(code="Apache-2.0", weights="none (generated)", weights_redistributable=True),
+    "verification": Verification("native", "a fixture of fundbench's own tests"),
+}
 
 
 def _word_vector(word: str) -> torch.Tensor:
@@ -71,15 +79,16 @@ class ToyRawMeanClip(ToyClip):
 
 @hookimpl
 def fundbench_register_models(register):
-    register("toy_clip", ToyClip, description="toy image-text model for tests")
+    register("toy_clip", ToyClip, description="toy image-text model for tests", **SPEC)
     register(
         "toy_paper_clip",
         ToyRawMeanClip,
         description="toy model with a paper mode: 12 px, and 20 px for the linear probe",
         paper_options={"resolution": 12},
         paper_protocol_options={"linear_probe": {"resolution": 20}},
+        **SPEC,
     )
-    register("toy_broken", _broken_factory, description="a model whose factory raises")
+    register("toy_broken", _broken_factory, description="a model whose factory raises", **SPEC)
 
 
 @hookimpl

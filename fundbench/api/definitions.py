@@ -18,6 +18,7 @@ import yaml
 from fundbench.api.errors import ConfigError
 from fundbench.api.modalities import MODALITIES
 
+#: the built-in protocols (plugins may register more: fundbench_register_protocols)
 PROTOCOLS = ("zero_shot", "few_shot", "linear_probe")
 
 
@@ -218,8 +219,8 @@ class TaskDefinition:
             raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
         _check_keys(data, {f for f in cls.__dataclass_fields__ if f != "source"}, source)
         protocol = _require(data, "protocol", source)
-        if not isinstance(protocol, str) or protocol not in PROTOCOLS:
-            raise ConfigError(f"{source}: protocol {protocol!r} is not one of {list(PROTOCOLS)}")
+        # any registered protocol (plugins add their own); the run checks the name
+        protocol = _name(protocol, "protocol", source)
         shots = data.get("shots", ())
         if not isinstance(shots, list | tuple):
             raise ConfigError(f"{source}: key 'shots' must be a list of integers >= 1")

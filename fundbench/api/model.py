@@ -20,19 +20,30 @@ from fundbench.api.preprocess import PreprocessConfig
 class Model(abc.ABC):
     """Base class for fundbench models.
 
-    Subclasses set ``name``, ``embed_dim``, ``preprocess_config`` and ``weights_digest`` (the
-    SHA-256 of the weights file, or of the state dict for generated weights) and implement
-    :meth:`encode_images`. Models with a text tower also implement :meth:`encode_texts`;
-    those without one get zero-shot reported as "not applicable".
+    Subclasses set ``name``, ``embed_dim`` and ``preprocess_config`` (the authors' own; there
+    is no default) and implement :meth:`encode_images`. ``weights_digest`` is the SHA-256 of
+    the weights file; left as None, the host computes it from the state dicts of the
+    model's torch modules and tensors (:meth:`tensors`), and ``"unknown"`` is refused: the
+    digest keys the feature cache and every record. Models with a text tower also implement
+    :meth:`encode_texts`; those without one get zero-shot reported as "not applicable".
+    ``modalities`` and ``pretraining_datasets`` default to the registration's
+    (:class:`fundbench.api.spec.ModelSpec`); set them when a checkpoint changes them.
+
+    The host checks the contract (:mod:`fundbench.models.contract`) when it builds a model
+    and on the first batch of every extraction; ``fundbench.testing.check_model`` runs the
+    same checks, and more, in a plugin's own tests.
     """
 
     name: str
     embed_dim: int
     modalities: frozenset[str] = MODALITIES
     pretraining_datasets: tuple[str, ...] = ()
-    preprocess_config: PreprocessConfig = PreprocessConfig()
-    weights_digest: str = "unknown"
+    preprocess_config: PreprocessConfig
+    weights_digest: str | None = None
     device: torch.device = torch.device("cpu")
+    #: who built it ("model 'flair' of plugin 'flair' from fundbench-flair 0.1.0"), set by
+    #: the host; contract errors name it
+    source: str = ""
     #: Multiplier applied to cosine similarities in zero-shot and the text-based few-shot
     #: heads: the value the authors' own zero-shot code uses (CLIP's exp(logit_scale)).
     logit_scale: float = 100.0
@@ -74,12 +85,22 @@ class Model(abc.ABC):
         return None if self.has_text_tower else "model has no text tower"
 
     def to(self, device: str | torch.device) -> Model:
-        """Move the model's modules to ``device``; override if they are not found below."""
+        """Move every torch module and tensor the model holds to ``device``: attributes, and
+        inside lists, tuples and dicts, at any depth (see :meth:`tensors`)."""
         self.device = torch.device(device)
-        for value in vars(self).values():
-            if isinstance(value, torch.nn.Module):
-                value.to(self.device)
+        for key, value in list(vars(self).items()):
+            moved = _moved(value, self.device)
+            if moved is not value:
+                setattr(self, key, moved)
         return self
+
+    def tensors(self) -> dict[str, torch.nn.Module | torch.Tensor]:
+        """The torch modules and tensors this model holds, by attribute path (``"text.proj"``,
+        ``"heads[0]"``); a module's own submodules are not listed again. :meth:`to` moves
+        these and the host's weights digest hashes them."""
+        found: dict[str, torch.nn.Module | torch.Tensor] = {}
+        _collect(vars(self), "", found, set())
+        return found
 
     def describe(self) -> dict:
         """The facts about this model that go into every result record."""
@@ -107,12 +128,70 @@ class Model(abc.ABC):
 
 def state_dict_digest(module: torch.nn.Module) -> str:
     """SHA-256 over a module's parameters and buffers (names, shapes, bytes)."""
+    return tensors_digest(module.state_dict())
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over named tensors (names, shapes, bytes), in name order."""
     h = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
+    for key, tensor in sorted(tensors.items()):
         h.update(key.encode())
         h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        h.update(data.numpy().tobytes())
     return h.hexdigest()
+
+
+def held_state(model: Model) -> dict[str, torch.Tensor]:
+    """Every parameter, buffer and tensor the model holds, by dotted path."""
+    state: dict[str, torch.Tensor] = {}
+    for path, value in model.tensors().items():
+        if isinstance(value, torch.nn.Module):
+            state.update({f"{path}.{k}": t for k, t in value.state_dict().items()})
+        else:
+            state[path] = value
+    return state
+
+
+def _moved(value, device: torch.device):
+    """``value`` on ``device``: modules in place, tensors and containers as new objects
+    (the same object when nothing in it moved)."""
+    if isinstance(value, torch.nn.Module):
+        return value.to(device)
+    if isinstance(value, torch.Tensor):
+        return value if value.device == device else value.to(device)
+    if isinstance(value, (list, tuple)):
+        items = [_moved(v, device) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return type(value)(items) if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        moved = {k: _moved(v, device) for k, v in value.items()}
+        if all(moved[k] is value[k] for k in value):
+            return value
+        value.update(moved)
+        return value
+    return value
+
+
+def _collect(value, path: str, found: dict, seen: set[int]) -> None:
+    if isinstance(value, torch.nn.Module):
+        if id(value) not in seen:
+            seen.update(id(m) for m in value.modules())
+            found[path] = value
+    elif isinstance(value, torch.Tensor):
+        if id(value) not in seen:
+            seen.add(id(value))
+            found[path] = value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if path and not isinstance(key, str):
+                name = f"{path}[{key!r}]"
+            _collect(item, name, found, seen)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _collect(item, f"{path}[{i}]", found, seen)
 
 
 def file_digest(path: str, chunk: int = 1 << 20) -> str:

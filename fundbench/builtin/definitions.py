@@ -15,19 +15,21 @@ from fundbench.api.definitions import (
 )
 from fundbench.api.hookspecs import hookimpl
 
+FUNDBENCH_CONTRACT = "2.0"
+
 
 @hookimpl
 def fundbench_register_datasets(register):
     for definition in load_definitions(TASKS_DIR / "datasets", DatasetDefinition):
         if definition.prompts is not None:  # shipped prompt files are named relative to tasks/
             definition = replace(definition, prompts=str(TASKS_DIR / definition.prompts))
-        register(definition.id, definition, modality=definition.modality)
+        register(definition.id, definition)
 
 
 @hookimpl
 def fundbench_register_tasks(register):
     for definition in load_definitions(TASKS_DIR / "protocols", TaskDefinition):
-        register(definition.name, definition, protocol=definition.protocol)
+        register(definition.name, definition)
 
 
 @hookimpl

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from fundbench.api.hookspecs import hookimpl
 
+FUNDBENCH_CONTRACT = "2.0"
+
 
 @hookimpl
 def fundbench_register_executors(register):

@@ -17,6 +17,8 @@ from fundbench.api.hookspecs import hookimpl
 from fundbench.api.images import IMAGE_SUFFIXES
 from fundbench.util.paths import cache_dir
 
+FUNDBENCH_CONTRACT = "2.0"
+
 
 def dataset_dir(definition: DatasetDefinition, data_root: Path | None) -> Path:
     """``data_root/<options.path or id>``; ``data_root`` may also be the dataset folder

@@ -289,12 +289,12 @@ class SubmititExecutor:
             else:  # nothing to do: no job
                 results.append(session.accept(unit, []))
         if jobs:
-            results += self._run(jobs)
+            results += self._run(jobs, session)
         return results
 
     # -- the jobs ----------------------------------------------------------------------------
 
-    def _run(self, jobs: list[_Job]) -> list[UnitResult]:
+    def _run(self, jobs: list[_Job], session: Session) -> list[UnitResult]:
         config = jobs[0].ticket.config
         self._check_device(config.device)
         base = self.options.folder or Path(config.out) / "units" / "submitit"
@@ -316,6 +316,8 @@ class SubmititExecutor:
                 _failure_line(failed, len(jobs), folder),
                 [(j.unit.id, j.job.job_id, j.log) for j in failed],
             )
+        for job in jobs:
+            session.written(job.unit)
         return [j.result for j in jobs if j.result is not None]
 
     def _check_device(self, device: str) -> None:

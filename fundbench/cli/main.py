@@ -30,7 +30,19 @@ _state = {"debug": False}
 #: Listings and summaries go to stdout (wide when piped, so names never wrap); errors,
 #: warnings and progress bars go to stderr through ``console``.
 stdout = Console() if sys.stdout.isatty() else Console(width=200)
-KINDS = ("models", "datasets", "tasks", "suites", "formats", "trainers", "executors")
+KINDS = (
+    "models",
+    "datasets",
+    "tasks",
+    "suites",
+    "formats",
+    "trainers",
+    "executors",
+    "protocols",
+    "heads",
+    "metrics",
+    "loggers",
+)
 
 
 @app.callback()
@@ -49,7 +61,7 @@ def _host():
 
 @app.command("list")
 def list_(
-    kind: str = typer.Argument(..., help="models | datasets | tasks | suites | formats | trainers"),
+    kind: str = typer.Argument(..., help=" | ".join(KINDS)),
     format_: str = typer.Option("table", "--format", help="table | json (machine-readable)."),
 ):
     """List what the installed plugins provide (imports no model code)."""
@@ -64,16 +76,21 @@ def list_(
         rows = [_listing_row(kind, entry) for entry in registry]
         sys.stdout.write(json.dumps(rows, indent=2, default=_jsonable) + "\n")
         return
+    if kind == "models":
+        from fundbench.cli.plugins import model_table
+
+        stdout.print(model_table(registry))
+        return
     table = Table(title=f"fundbench {kind}")
     for column in ("name", "details", "plugin"):
         table.add_column(column)
     for entry in registry:
-        table.add_row(
-            f"{entry.name}:<name>" if entry.metadata.get("family") else entry.name,
-            _details(entry),
-            f"{entry.plugin.distribution} {entry.plugin.version} ({entry.plugin.name})",
-        )
+        table.add_row(entry.name, _details(entry), plugin_label(entry))
     stdout.print(table)
+
+
+def plugin_label(entry) -> str:
+    return f"{entry.plugin.distribution} {entry.plugin.version} ({entry.plugin.name})"
 
 
 def _listing_row(kind: str, entry) -> dict:
@@ -99,9 +116,8 @@ def _jsonable(value):
 
 
 def _details(entry) -> str:
-    meta = entry.metadata
-    if "description" in meta:
-        return str(meta["description"])
+    if entry.spec.description:
+        return str(entry.spec.description)
     if not entry.loaded:  # a lazily registered factory: listing it must not import it
         return ""
     obj = entry.obj
@@ -127,26 +143,16 @@ def _add_subcommands() -> None:
     from fundbench.cli import leaderboard as cli_leaderboard
     from fundbench.cli import screenshot as cli_screenshot
     from fundbench.cli.data import data_app
+    from fundbench.cli.plugins import plugins_app
 
     app.add_typer(data_app, name="data")
+    app.add_typer(plugins_app, name="plugins")
     cli_leaderboard.register(app)
     cli_screenshot.register(app)
     cli_embed.register(app)
 
 
 _add_subcommands()
-
-
-@app.command()
-def plugins():
-    """List loaded plugins with their distributions and versions, and any that failed."""
-    host = _host()
-    table = Table(title="fundbench plugins")
-    for column in ("entry point", "distribution", "version"):
-        table.add_column(column)
-    for info in host.plugins:
-        table.add_row(info.name, info.distribution, info.version)
-    stdout.print(table)
 
 
 # NAME=VALUE pairs and --shots are parsed (and checked) by the one validation layer, which
@@ -242,6 +248,12 @@ def run(
     ray_address: str | None = typer.Option(
         None, help="Ray cluster to join with --executor ray (same as --executor-option address=…)."
     ),
+    logger: list[str] = typer.Option(
+        [], help="Run logger following the run (repeatable; see `fundbench list loggers`)."
+    ),
+    logger_option: list[str] = typer.Option(
+        [], help="LOGGER.OPTION=VALUE, e.g. mlflow.tracking_uri=sqlite:///mlflow.db (repeatable)."
+    ),
 ):
     """Evaluate models on a suite or datasets; resumes where a previous run stopped."""
     from fundbench import run as run_
@@ -275,6 +287,8 @@ def run(
         shard=shard,
         executor=executor,
         executor_options=_executor_options(executor_option, ray_address),
+        loggers=list(logger),
+        logger_options=validation.parse_model_args(logger_option, "--logger-option", "LOGGER"),
     )
     from fundbench.util.interrupt import RunInterrupted
 
@@ -285,7 +299,9 @@ def run(
         raise typer.Exit(exc.exit_code) from None
     console.print(
         f"done in {summary.wall_s:.1f} s: {summary.computed} cells computed, "
-        f"{summary.reused} reused, {summary.not_applicable} not applicable; "
+        f"{summary.reused} reused, {summary.not_applicable} not applicable"
+        + (f", {summary.invalid} invalid (see the report)" if summary.invalid else "")
+        + "; "
         f"results in {summary.out}/ (report: {summary.out / 'report.html'})",
         highlight=False,
     )

@@ -28,9 +28,12 @@ def evidence(
     return found
 
 
-def declared_pretraining(factory) -> tuple[str, ...]:
-    """A model's ``pretraining_datasets`` without building it (class attribute)."""
-    value = getattr(factory, "pretraining_datasets", ())
+def declared_pretraining(entry) -> tuple[str, ...]:
+    """A registered model's ``pretraining_datasets`` without building it: its spec's, else
+    its class attribute."""
+    if entry.spec.pretraining_datasets:
+        return tuple(entry.spec.pretraining_datasets)
+    value = getattr(entry.obj, "pretraining_datasets", ())
     return tuple(value) if isinstance(value, list | tuple) else ()
 
 
@@ -41,12 +44,12 @@ def contamination_table(
     model_entries = (
         [host.models.get(m) for m in models]
         if models
-        else [e for e in host.models if not e.metadata.get("family")]
+        else [e for e in host.models if not e.spec.parametric]
     )
     dataset_entries = [host.datasets.get(d) for d in datasets] if datasets else list(host.datasets)
     table = {}
     for m in model_entries:
-        declared = declared_pretraining(m.obj)
+        declared = declared_pretraining(m)
         table[m.name] = [
             "seen" if evidence(m.name, declared, d.obj) else "" for d in dataset_entries
         ]

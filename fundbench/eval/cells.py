@@ -1,7 +1,9 @@
-"""The three protocols applied to one (model, dataset) pair's cached features.
+"""The built-in protocols applied to one (model, dataset) pair's cached features.
 
 Each ``*_cells`` function yields ``(cell, compute)`` pairs. ``compute()`` returns the cell's
 outcome; the runner skips cells whose record already exists, so nothing here runs twice.
+They are registered as protocols by :mod:`fundbench.builtin.protocols`, as a plugin's own
+protocol would be: a function of the same shape over the same :class:`Context`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import contextlib
 import functools
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from fundbench.data.datasets import Dataset
 from fundbench.eval import heads as adapter_lib
 from fundbench.eval import metrics
 from fundbench.eval.protocols import linear_probe, sampling, zero_shot
+from fundbench.models.contract import text_tower_problem
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,9 @@ class Outcome:
 
     probs: np.ndarray | None = None
     details: dict = field(default_factory=dict)
-    reason: str | None = None  # set when the cell is not applicable
+    reason: str | None = None  # set when the cell is not applicable (or invalid)
+    #: the cell's numbers would be meaningless (``reason`` says why): recorded as invalid
+    invalid: bool = False
     n_train: int = 0
     fit_s: float = 0.0
     #: the train/test view this outcome was computed on, when not the dataset's own
@@ -145,6 +150,7 @@ class Context:
         no_text_reason: str | None,
         load_features: Callable[[], Features],
         load_text_weights: Callable[[], np.ndarray],
+        heads: Mapping[str, Head] | None = None,
     ) -> None:
         self.model_name = model_name
         self.dataset = dataset
@@ -153,6 +159,8 @@ class Context:
         self.no_text_reason = no_text_reason
         self._load_features = load_features
         self._load_text_weights = load_text_weights
+        #: the few-shot heads a task may name (registered by plugins)
+        self.heads: Mapping[str, Head] = heads if heads is not None else BUILTIN_HEADS
 
     @functools.cached_property
     def features(self) -> Features:
@@ -162,6 +170,31 @@ class Context:
     def text_weights(self) -> np.ndarray:
         """Class text embeddings [C, D]; only valid when ``no_text_reason`` is None."""
         return self._load_text_weights()
+
+    @functools.cached_property
+    def text_problem(self) -> str | None:
+        """Why text-based numbers would be meaningless (distinct classes' prompts embed the
+        same: the contract's text rule), else None. Reads the text embeddings."""
+        return text_tower_problem(self.text_weights, list(self.dataset.classes))
+
+    def invalid_text(self) -> Outcome | None:
+        """The invalid outcome of a text-based cell when the text tower fails its check."""
+        problem = self.text_problem
+        return Outcome(reason=problem, invalid=True) if problem else None
+
+
+@dataclass(frozen=True)
+class Head:
+    """A few-shot head: ``factory(n_classes=, text_weights=, seed=, logit_scale=)``."""
+
+    factory: Callable[..., object]
+    uses_text: bool = False
+
+
+BUILTIN_HEADS = {
+    name: Head(functools.partial(adapter_lib.make_adapter, name), name in adapter_lib.TEXT_ADAPTERS)
+    for name in adapter_lib.ADAPTERS
+}
 
 
 Compute = Callable[[], Outcome]
@@ -214,6 +247,9 @@ def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, 
                 break  # one record says why; folds do not apply
 
             def compute(view=view) -> Outcome:
+                invalid = ctx.invalid_text()
+                if invalid is not None:
+                    return invalid
                 f = view()
 
                 def fit() -> tuple[np.ndarray, dict, int]:
@@ -229,7 +265,9 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
     n_classes = len(ctx.dataset.classes)  # features are read only when a cell computes
     runnable = []
     for adapter in task.adapters:
-        if adapter in adapter_lib.TEXT_ADAPTERS and ctx.no_text_reason:
+        if adapter not in ctx.heads:
+            raise ValueError(f"unknown few-shot head {adapter!r}; choose from {sorted(ctx.heads)}")
+        if ctx.heads[adapter].uses_text and ctx.no_text_reason:
             # One record per adapter says why; k and seed do not apply to it.
             cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter)
             yield cell, lambda: Outcome(reason=ctx.no_text_reason)
@@ -250,6 +288,9 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
                 )
 
                 def compute(k=k, seed=seed, adapter=adapter) -> Outcome:
+                    head = ctx.heads[adapter]
+                    if head.uses_text and (invalid := ctx.invalid_text()) is not None:
+                        return invalid
                     f = views[seed]() if task.resplit else ctx.features
                     support = sampling.sample_support(f.train_y, f.train_groups, k, seed, n_classes)
                     details = {
@@ -258,9 +299,8 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
                     }
 
                     def fit() -> tuple[np.ndarray, dict, int]:
-                        text = None if adapter == "linear_probe" else ctx.text_weights
-                        model = adapter_lib.make_adapter(
-                            adapter,
+                        text = ctx.text_weights if head.uses_text else None
+                        model = head.factory(
                             n_classes=n_classes,
                             text_weights=text,
                             seed=seed,
@@ -308,15 +348,19 @@ def _fit_probe(adapter: str, f: Features, n_classes: int) -> tuple[np.ndarray, d
     return probs, {"C": linear_probe.PAPER_C, "class_weight": "balanced"}, len(f.train_y)
 
 
-PROTOCOL_CELLS = {
-    "zero_shot": zero_shot_cells,
-    "few_shot": few_shot_cells,
-    "linear_probe": linear_probe_cells,
-}
+#: metric name -> ``fn(y_true, probs, *, n_classes, sample_weight) -> float`` (plugins')
+ExtraMetrics = Mapping[str, Callable[..., float]]
 
 
-def score(dataset: Dataset, features: Features, probs: np.ndarray, n_resamples: int) -> dict:
-    """Point metrics with patient-clustered bootstrap CIs."""
+def score(
+    dataset: Dataset,
+    features: Features,
+    probs: np.ndarray,
+    n_resamples: int,
+    extra: ExtraMetrics | None = None,
+) -> dict:
+    """Point metrics with patient-clustered bootstrap CIs: the built-in set, vectorised
+    over resamples, and each ``extra`` metric evaluated on the same resample weights."""
     kwargs = {"n_classes": len(dataset.classes), "ordinal": dataset.definition.ordinal}
     point = metrics.compute_metrics(features.test_y, probs, **kwargs)
     ci = metrics.bootstrap_ci(
@@ -327,6 +371,16 @@ def score(dataset: Dataset, features: Features, probs: np.ndarray, n_resamples: 
         seed=0,
         **kwargs,
     )
+    for name, fn in (extra or {}).items():
+        point[name], ci[name] = metrics.custom_metric_ci(
+            fn,
+            features.test_y,
+            probs,
+            groups=features.test_groups,
+            n_resamples=n_resamples,
+            seed=0,
+            n_classes=kwargs["n_classes"],
+        )
     return {
         name: {"value": _num(value), "ci_low": _num(ci[name][0]), "ci_high": _num(ci[name][1])}
         for name, value in point.items()

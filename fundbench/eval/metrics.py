@@ -137,6 +137,33 @@ def bootstrap_ci(
     }
 
 
+def custom_metric_ci(
+    fn,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    *,
+    groups: np.ndarray | Sequence[Hashable] | None = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    n_classes: int | None = None,
+) -> tuple[float, tuple[float, float]]:
+    """A plugin's metric ``fn(y_true, probs, *, n_classes, sample_weight) -> float``: its
+    point value and percentile interval over the resamples :func:`bootstrap_ci` draws for
+    the same ``seed`` (one call per resample: plugin metrics are not vectorised)."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs)
+    n_classes = int(n_classes if n_classes is not None else probs.shape[1])
+
+    def value(weights: np.ndarray | None) -> float:
+        out = fn(y_true, probs, n_classes=n_classes, sample_weight=weights)
+        return float(out) if out is not None else _NAN
+
+    point = value(None)
+    weights = resample_weights(len(y_true), groups=groups, n_resamples=n_resamples, seed=seed)
+    resampled = np.array([value(w.astype(np.float64)) for w in weights])
+    return point, _percentile_interval(resampled, confidence)
+
+
 def paired_bootstrap_pvalue(
     y_true: np.ndarray,
     probs_a: np.ndarray,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from fundbench.api.errors import FundbenchError
 from fundbench.api.images import decode_image
 from fundbench.features.options import AUTO_START, ExtractionOptions
+from fundbench.models.contract import check_first_batch
 from fundbench.util.atomic import write_json_atomic
 from fundbench.util.locks import exclusive
 from fundbench.util.paths import cache_dir
@@ -156,6 +157,7 @@ class Forward:
         self.size = size
         self._remembered = not self.auto  # only auto sizes are remembered
         self.channels_last = self.device.type == "cuda" and options.precision != "fp32"
+        self._checked = False
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Embeddings [N, D] (float32, on the CPU) of a host-stage batch."""
@@ -185,9 +187,17 @@ class Forward:
         x = self.prepare(x)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
-            out = self.model.encode_images(x)
+        out = self._encode(x)
+        if not self._checked:  # the contract's first-batch rules, before anything is kept
+            check_first_batch(self.model, x, self._encode, out, self.options.precision)
+            self._checked = True
         return out.float().cpu()
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            return self.model.encode_images(x)
 
     def _autocast(self):
         import torch

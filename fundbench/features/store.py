@@ -33,6 +33,7 @@ import numpy as np
 
 from fundbench.features.loader import DecodedImages, Forward, batches, stage_of, start_size
 from fundbench.features.options import ExtractionOptions
+from fundbench.models.contract import ensure_weights_digest
 from fundbench.util import interrupt
 from fundbench.util.atomic import write_atomic
 from fundbench.util.locks import exclusive
@@ -52,7 +53,7 @@ def model_cache_key(model: Model, numerics: str = "") -> str:
     """The feature-cache folder of a model's embeddings: its weights, preprocessing, class
     and variant, and ``numerics`` (:attr:`ExtractionOptions.numerics`: "" at fp32)."""
     parts = [
-        model.weights_digest,
+        ensure_weights_digest(model),  # never None or "unknown": it names the folder
         model.preprocess_config.digest(),
         EXTRACTOR_VERSION,
         type(model).__qualname__,

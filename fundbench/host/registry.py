@@ -12,15 +12,18 @@ plugin's distribution.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import importlib
+import inspect
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from fundbench.api.errors import ConfigError, FundbenchError, PluginError
+from fundbench.api.spec import Spec
 
 T = TypeVar("T")
 
@@ -78,24 +81,32 @@ def lazy(loader: Callable[[], Any], target: str | None = None) -> Lazy:
 
 class Entry(Generic[T]):
     """One registered thing. ``obj`` is the object itself; a lazily registered one
-    (``"module:attr"`` or :func:`lazy`) is imported the first time ``obj`` is read."""
+    (``"module:attr"`` or :func:`lazy`) is imported the first time ``obj`` is read. ``spec``
+    is its typed declaration (:mod:`fundbench.api.spec`)."""
 
-    __slots__ = ("name", "plugin", "metadata", "kind", "_obj", "_lazy")
+    __slots__ = ("name", "plugin", "spec", "kind", "_obj", "_lazy")
 
     def __init__(
         self,
         name: str,
         obj: T | Lazy,
         plugin: PluginInfo,
-        metadata: dict[str, Any] | None = None,
+        spec: Spec | None = None,
         kind: str = "",
     ) -> None:
         self.name = name
         self.plugin = plugin
-        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.spec: Any = spec if spec is not None else Spec(name)
         self.kind = kind
         self._lazy = obj if isinstance(obj, Lazy) else None
         self._obj = None if isinstance(obj, Lazy) else obj
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The declaration as plain data (listings, JSON), without the repeated name."""
+        data = self.spec.as_dict()
+        data.pop("name", None)
+        return data
 
     @property
     def loaded(self) -> bool:
@@ -147,10 +158,17 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Named entries of one kind, with helpful errors for unknown names."""
 
-    def __init__(self, kind: str, coerce: Callable[[Any, str], T] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        coerce: Callable[[Any, str], T] | None = None,
+        spec_type: type[Spec] = Spec,
+    ) -> None:
         self.kind = kind
         #: turns what a plugin passed (e.g. a mapping from YAML) into the typed object
         self.coerce = coerce
+        #: the typed declaration each registration's keywords must form
+        self.spec_type = spec_type
         self._entries: dict[str, Entry[T]] = {}
 
     def add(self, entry: Entry[T]) -> None:
@@ -167,28 +185,29 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Entry[T]:
         """The entry called ``name``. ``family:spec`` resolves through a family entry (one
-        registered with ``family=True``, e.g. ``timm``): its factory gets ``spec`` first."""
+        registered with ``parametric=True``, e.g. ``timm``): its factory gets the member name
+        first."""
         entry = self._entries.get(name)
-        if entry is not None and not entry.metadata.get("family"):
+        if entry is not None and not _parametric(entry):
             return entry
-        family, sep, spec = name.partition(":")
+        family, sep, member_name = name.partition(":")
         parent = self._entries.get(family)
-        if parent is not None and parent.metadata.get("family"):
-            if not spec:
+        if parent is not None and _parametric(parent):
+            if not member_name:
                 raise ConfigError(
                     f"{self.kind} {family!r} is a family: name one member as {family}:<name>, "
-                    f"e.g. {parent.metadata.get('example', family + ':<name>')}"
+                    f"e.g. {parent.spec.example or family + ':<name>'}"
                 )
             member: Any = (
-                functools.partial(parent.obj, spec)
+                functools.partial(parent.obj, member_name)
                 if parent.loaded
-                else Lazy(lambda: functools.partial(parent.load(), spec), parent.target)
+                else Lazy(lambda: functools.partial(parent.load(), member_name), parent.target)
             )
             return Entry(
                 name=name,
                 obj=member,
                 plugin=parent.plugin,
-                metadata={**parent.metadata, "family": False},
+                spec=dataclasses.replace(parent.spec, name=name, parametric=False),
                 kind=self.kind,
             )
         raise ConfigError(self.unknown_message(name))
@@ -212,6 +231,26 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+
+def _parametric(entry: Entry) -> bool:
+    return bool(getattr(entry.spec, "parametric", False))
+
+
+def check_options(entry: Entry, function: Callable[..., Any], options: dict, hint: str) -> None:
+    """A one-line :class:`ConfigError` when ``function`` cannot take ``options`` (the user's
+    mistake, not the plugin's bug); callables without a signature are not checked."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(**options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"{entry.kind or 'entry'} {entry.name!r} does not accept the options "
+            f"{sorted(options)} ({exc}); {hint}"
+        ) from None
 
 
 def call_plugin(entry: Entry, failure: str, function: Callable[..., Any], **kwargs: Any) -> Any:

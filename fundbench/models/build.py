@@ -6,14 +6,14 @@ so a model is built identically wherever its numbers come from.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fundbench.api.errors import ConfigError, PluginError
 from fundbench.host.loading import Host, get_host
-from fundbench.host.registry import Entry, call_plugin
+from fundbench.host.registry import Entry, call_plugin, check_options
+from fundbench.models.contract import check_built
 from fundbench.models.weights import RunFile, missing_weights_message, resolve_weights
 
 if TYPE_CHECKING:
@@ -47,38 +47,48 @@ def resolve_model_inputs(
         found = sources.get(entry.name)
         if found is not None:
             options["weights"] = found.path
-        elif entry.metadata.get("needs_weights"):
+        elif entry.spec.needs_weights:
             raise ConfigError(missing_weights_message(entry.name))
         inputs[entry.name] = {"options": options, "weights_source": found.source if found else None}
     return inputs
 
 
 def build_model(entry: Entry, options: Mapping[str, Any], device: str = "cpu") -> Model:
-    """Call a model's factory with ``options`` and (if it takes one) ``device``."""
+    """Call a model's factory with ``options`` (and ``device=`` when its registration
+    declares ``takes_device``), move it to ``device`` and check the contract rules a built
+    model must meet (:func:`fundbench.models.contract.check_built`)."""
     from fundbench.api.model import Model  # torch: only when a model is really built
 
     options = dict(options)
-    try:
-        signature = inspect.signature(entry.obj)
-    except (TypeError, ValueError):  # some callables have no signature: just call them
-        signature = None
-    if signature is not None:
-        if "device" in signature.parameters:
-            options.setdefault("device", device)
-        try:
-            signature.bind(**options)
-        except TypeError as exc:
-            raise ConfigError(
-                f"model {entry.name!r} does not accept the options {sorted(options)} ({exc}); "
-                "check --weights and --model-arg"
-            ) from None
+    if entry.spec.takes_device:
+        options.setdefault("device", device)
+    check_options(entry, entry.obj, options, "check --weights and --model-arg")
     model = call_plugin(entry, "failed to build", entry.obj, **options)
     if not isinstance(model, Model):
         raise PluginError(
             f"model {entry.name!r} from {entry.plugin.distribution}: factory "
             f"returned {type(model).__name__}, not a fundbench.Model"
         )
-    return model.to(device)
+    adopt_spec(model, entry)
+    model = model.to(device)
+    check_built(model, entry.spec)
+    return model
+
+
+def adopt_spec(model: Model, entry: Entry) -> None:
+    """What the model leaves to its registration: modalities and pretraining datasets (a
+    checkpoint-specific value set by the model wins), and who built it, for error messages."""
+    from fundbench.api.model import Model
+
+    spec = entry.spec
+    if "modalities" not in vars(model) and type(model).modalities is Model.modalities:
+        model.modalities = frozenset(spec.modalities)
+    if not model.pretraining_datasets and spec.pretraining_datasets:
+        model.pretraining_datasets = tuple(spec.pretraining_datasets)
+    model.source = (
+        f"{entry.kind or 'model'} {entry.name!r} of plugin {entry.plugin.name!r} from "
+        f"{entry.plugin.distribution} {entry.plugin.version}"
+    )
 
 
 def load_model(

@@ -184,7 +184,7 @@ def check_state_dict(
     parts = mismatch_parts(missing, unexpected, wrong)
     if parts:
         raise CheckpointError(
-            f"{path}: not a {model} checkpoint: "
+            f"{path}: not a checkpoint of {model}: "
             + "; ".join(parts)
             + f" ({len(state)} keys in the file, {len(shapes)} in the model)"
         )

@@ -35,6 +35,24 @@ METRIC_LABELS = {
     "kappa": "κ (quadratic)",
 }
 PROTOCOL_LABELS = {"zero_shot": "Zero-shot", "few_shot": "Few-shot", "linear_probe": "Linear probe"}
+
+
+def _protocols(frame: pd.DataFrame) -> dict[str, str]:
+    """The protocols in ``frame`` with their headings: the built-in ones first, then those
+    plugins registered (headed by their name), alphabetically."""
+    present = set(frame["protocol"]) if not frame.empty else set()
+    labels = {p: label for p, label in PROTOCOL_LABELS.items() if p in present}
+    for p in sorted(present - set(PROTOCOL_LABELS)):
+        labels[p] = p.replace("_", " ").capitalize()
+    return labels
+
+
+def _metrics(frame: pd.DataFrame) -> list[str]:
+    """The metrics in ``frame``: the built-in ones in their order, then plugins' metrics."""
+    present = set(frame["metric"].dropna()) if not frame.empty else set()
+    return [m for m in METRIC_LABELS if m in present] + sorted(present - set(METRIC_LABELS))
+
+
 #: Paired bootstrap resamples per significance test (the report is rendered often).
 SIGNIFICANCE_RESAMPLES = 500
 ALPHA = 0.05
@@ -98,7 +116,7 @@ def _fmt(value, low=None, high=None, std=None, n=None) -> str:
 
 def _reasons(everything: pd.DataFrame) -> dict[tuple[str, str, str], str]:
     """(model, dataset, protocol) -> why it did not apply."""
-    na = everything[everything["status"] == "not_applicable"]
+    na = everything[everything["status"].isin(("not_applicable", "invalid"))]
     return {
         (r.model, r.dataset, r.protocol): r.reason
         for r in na.drop_duplicates(["model", "dataset", "protocol"]).itertuples()
@@ -110,7 +128,7 @@ def _boards(summary: pd.DataFrame, runs: Runs, models: list[str]) -> list[dict]:
     seen = leaderboard.seen_pairs(summary)
     reasons = _reasons(runs.everything)
     out = []
-    for protocol, label in PROTOCOL_LABELS.items():
+    for protocol, label in _protocols(summary).items():
         table = leaderboard.board(summary, protocol, HEADLINE)
         if table.empty:
             continue
@@ -210,10 +228,11 @@ def _paired_p(pa: Predictions | None, pb: Predictions | None) -> float:
 def _protocol_tables(summary: pd.DataFrame, marks: dict, seen: set) -> list[dict]:
     """Zero-shot and linear-probe cells per dataset with every metric and its CI."""
     tables = []
-    order = {p: i for i, p in enumerate(PROTOCOL_LABELS)}
     single = summary[summary["protocol"] != "few_shot"]
+    labels = _protocols(single)
+    order = {p: i for i, p in enumerate(labels)}
     single = single.assign(_order=single["protocol"].map(order)).sort_values(["_order", "dataset"])
-    metrics = [m for m in METRIC_LABELS if m in set(single["metric"])]
+    metrics = _metrics(single)
     for (_, protocol, dataset), part in single.groupby(["_order", "protocol", "dataset"]):
         rows = []
         for (model, task, adapter), cell in part.groupby(["model", "task", "adapter"]):
@@ -233,7 +252,7 @@ def _protocol_tables(summary: pd.DataFrame, marks: dict, seen: set) -> list[dict
         tables.append(
             {
                 "protocol": protocol,
-                "label": PROTOCOL_LABELS[protocol],
+                "label": labels[protocol],
                 "dataset": dataset,
                 "metrics": metrics,
                 "rows": rows,
@@ -277,7 +296,7 @@ def _few_shot(runs: Runs, summary: pd.DataFrame) -> list[dict]:
 
 def _bars(head: pd.DataFrame) -> list[dict]:
     out = []
-    for protocol, label in PROTOCOL_LABELS.items():
+    for protocol, label in _protocols(head).items():
         part = head[(head["protocol"] == protocol) & (head["metric"] == HEADLINE)]
         if not part.empty:
             title = f"{label}: headline {METRIC_LABELS[HEADLINE]} per dataset"
@@ -353,6 +372,47 @@ def _provenance(runs: Runs) -> list[dict]:
     return out
 
 
+def _model_specs(runs: Runs) -> list[dict]:
+    """Per model, what its registration declares: licence, paper, reference code, how it was
+    verified against the authors' code, and whether its weights are a known checkpoint."""
+    rows: dict[str, dict] = {}
+    for _, info in runs.infos:
+        for name, described in info.get("models", {}).items():
+            spec = described.get("spec")
+            if not spec or name in rows:
+                continue
+            paper, code = spec.get("paper") or {}, spec.get("reference_code") or {}
+            licence, verification = spec.get("licence") or {}, spec.get("verification") or {}
+            checkpoint = spec.get("checkpoint") or {}
+            rows[name] = {
+                "name": name,
+                "family": spec.get("family", ""),
+                "licence": (
+                    f"code {licence.get('code')}; weights {licence.get('weights')}"
+                    + ("" if licence.get("weights_redistributable") else " (no redistribution)")
+                    if licence
+                    else "–"
+                ),
+                "paper": paper.get("title", "–"),
+                "paper_id": f"arXiv:{paper['arxiv']}"
+                if paper.get("arxiv")
+                else (f"doi:{paper['doi']}" if paper.get("doi") else ""),
+                "code": f"{code['repo']}@{code['commit'][:12]}" if code else "–",
+                "verification": verification.get("status", "unverified"),
+                "method": verification.get("method", ""),
+                "checkpoint": (
+                    f"known ({checkpoint.get('source')})"
+                    if checkpoint.get("known")
+                    else (
+                        f"not among the {checkpoint['declared']} declared"
+                        if checkpoint.get("declared")
+                        else "none declared"
+                    )
+                ),
+            }
+    return [rows[n] for n in sorted(rows)]
+
+
 def _model_rows(models: dict) -> list[dict]:
     """One provenance row per built model instance (a paper suite may build a second one for
     some protocols), with its decoding mode and zero-shot convention."""
@@ -398,7 +458,10 @@ def render_report(results: str | Path | list, output: str | Path, title: str | N
     models = sorted(set(runs.everything["model"]))
     seen = leaderboard.seen_pairs(summary)
     marks = _significance(head, runs)
-    na = runs.everything[runs.everything["status"] == "not_applicable"]
+    status = runs.everything["status"]
+    na = runs.everything[status == "not_applicable"]
+    invalid = runs.everything[status == "invalid"]
+    columns = ["model", "dataset", "task", "adapter", "reason"]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         autoescape=True,
@@ -413,10 +476,10 @@ def render_report(results: str | Path | list, output: str | Path, title: str | N
         bars=_bars(head),
         confusions=_confusions(head, runs),
         reported=_reported(runs),
-        not_applicable=na[["model", "dataset", "task", "adapter", "reason"]]
-        .drop_duplicates()
-        .to_dict("records"),
-        metric_labels=METRIC_LABELS,
+        not_applicable=na[columns].drop_duplicates().to_dict("records"),
+        invalid=invalid[columns].drop_duplicates().to_dict("records"),
+        metric_labels={m: METRIC_LABELS.get(m, m) for m in _metrics(runs.everything)},
+        model_specs=_model_specs(runs),
         provenance=_provenance(runs),
         alpha=ALPHA,
     )

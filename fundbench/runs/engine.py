@@ -14,6 +14,7 @@ stops the run unless ``skip_bad_images``; a full disk fails with one line from
 from __future__ import annotations
 
 import contextlib
+import difflib
 import signal
 import time
 from collections.abc import Callable
@@ -25,12 +26,13 @@ from typing import TYPE_CHECKING
 
 from fundbench.api.definitions import TaskDefinition
 from fundbench.api.errors import ConfigError, DataError, DatasetMissing
+from fundbench.api.events import RunInfo
 from fundbench.api.images import image_problem
 from fundbench.data.datasets import Dataset, load_dataset, without_images
 from fundbench.features.options import ExtractionOptions, available_cpus
 from fundbench.features.store import FeatureStore
 from fundbench.host.loading import Host
-from fundbench.host.registry import Entry, call_plugin
+from fundbench.host.registry import Entry, call_plugin, check_options
 from fundbench.models.build import build_model, resolve_model_inputs
 from fundbench.models.weights import RunFile
 from fundbench.runs import facts as facts_lib
@@ -44,6 +46,7 @@ from fundbench.runs.plan import (
     take_shard,
     work_units,
 )
+from fundbench.runs.records import read_record
 from fundbench.runs.summary import finalize, write_invocation, write_unit
 from fundbench.runs.validation import check_prompt_coverage, check_run_config
 from fundbench.util import interrupt
@@ -102,6 +105,11 @@ class RunConfig:
     executor: str = "inprocess"
     #: the executor's own options (e.g. ray: address; submitit: partition, gpus, timeout_min)
     executor_options: dict = field(default_factory=dict)
+    #: run loggers (registered by plugins, e.g. mlflow) that follow this run's events
+    loggers: list[str] = field(default_factory=list)
+    #: each logger's options: {"mlflow": {"tracking_uri": "sqlite:///mlflow.db"}} (only their
+    #: names reach run.json: a tracking URI may carry credentials)
+    logger_options: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +118,8 @@ class RunSummary:
     computed: int = 0
     reused: int = 0
     not_applicable: int = 0
+    #: cells whose numbers would be meaningless (e.g. a constant text tower), with why
+    invalid: int = 0
     wall_s: float = 0.0
     extraction: dict = field(default_factory=dict)
     missing: dict = field(default_factory=dict)
@@ -136,8 +146,27 @@ def resolve_plan(
             task = replace(task, shots=tuple(config.shots))
         if config.bootstrap is not None:
             task = replace(task, bootstrap=config.bootstrap)
+        check_protocol(task, host)
         tasks.append(task)
     return models, datasets, tasks
+
+
+def check_protocol(task: TaskDefinition, host: Host) -> None:
+    """The task's protocol and adapters are registered (plugins may add both)."""
+    try:
+        protocol = host.protocols.get(task.protocol)
+    except ConfigError as exc:
+        raise ConfigError(f"task {task.name!r} ({task.source}): {exc}") from None
+    allowed = set(host.heads.names()) if protocol.spec.uses_heads else set(protocol.spec.adapters)
+    unknown = [a for a in task.adapters if allowed and a not in allowed]
+    if unknown:
+        kind = "few-shot head" if protocol.spec.uses_heads else f"{task.protocol} adapter"
+        close = difflib.get_close_matches(unknown[0], sorted(allowed), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"task {task.name!r} ({task.source}): unknown {kind} {unknown[0]!r}{hint} "
+            f"(choose from {', '.join(sorted(allowed))})"
+        )
 
 
 class ModelRun:
@@ -209,7 +238,7 @@ def run(
             return _run(config, host, summary, held, after)
         except (interrupt.StopRequested, KeyboardInterrupt) as exc:
             signum = getattr(exc, "signum", None) or interrupt.requested() or signal.SIGINT
-            written = summary.computed + summary.not_applicable
+            written = summary.computed + summary.not_applicable + summary.invalid
             raise interrupt.RunInterrupted(signum, written, summary.out) from None
 
 
@@ -228,6 +257,8 @@ def _run(
     remote = bool(getattr(factory, "remote", False))
     plan = _resolve(config, host, device_here=not remote)  # every option, file and name
     executor = call_plugin(entry, "failed to start", factory, **config.executor_options)
+    for logger in _loggers(config, host):  # attached for this run; events come later
+        held.enter_context(host.attached(logger[1], logger[0].plugin))
     out = Path(config.out)
     shard = plan.shard
     held.enter_context(
@@ -254,7 +285,7 @@ def _run(
         config, [e for e in plan.dataset_entries if e.name in wanted], host, plan.run_file
     )
     units = [u for u in plan.units if u.dataset in datasets]
-    plans = _plan_checked(datasets, units, built, store, config)  # fails before extraction
+    plans = _plan_checked(datasets, units, built, store, config, host)  # before extraction
     summary.missing = missing
     info = {
         "config": _config_dict(config),
@@ -273,8 +304,22 @@ def _run(
         "environment": environment(config.device),
         "plugin_problems": host.problems,
     }
+    run_info = RunInfo(
+        out=out,
+        config=info["config"],
+        models=info["models"],
+        datasets=tuple(datasets),
+        shard=plan.tag,
+        started_at=datetime.now(timezone.utc).isoformat(),
+        paper_mode=plan.paper,
+    )
+    host.emit("fundbench_run_started", run=run_info)
+
+    def on_record(record: dict) -> None:
+        host.emit("fundbench_cell_finished", run=run_info, record=record)
+
     interrupt.arm()  # from here a first Ctrl-C/SIGTERM waits for the next cell boundary
-    session = _Session(config, store, summary, datasets, plans)
+    session = _Session(config, store, summary, datasets, plans, on_record)
     # a run stopped or failed part-way writes no run.json: nothing claims a full run (each
     # finished unit's summary is on disk; the rerun merges them)
     results = executor.execute(units, session)
@@ -283,13 +328,44 @@ def _run(
             summary.extraction[f"{result.model}/{result.dataset}"] = result.extraction
     # the units' own counts: an executor whose workers write records (submitit) did not
     # count them in this process
-    for count in ("computed", "reused", "not_applicable"):
+    for count in ("computed", "reused", "not_applicable", "invalid"):
         setattr(summary, count, sum(getattr(r, count) for r in results))
     interrupt.check()
     _summarise(out, plan.tag, info, summary, start)
     if after is not None:
         after(out, summary)
+    report = out / "report.html"
+    host.emit(
+        "fundbench_run_finished",
+        run=run_info,
+        summary={
+            "computed": summary.computed,
+            "reused": summary.reused,
+            "not_applicable": summary.not_applicable,
+            "invalid": summary.invalid,
+            "wall_s": round(summary.wall_s, 3),
+            "missing_datasets": dict(summary.missing),
+        },
+        report=report if report.exists() else None,
+    )
     return summary
+
+
+def _loggers(config: RunConfig, host: Host) -> list[tuple[Entry, object]]:
+    """The run's loggers, started: every name and option checked first."""
+    stray = sorted(set(config.logger_options) - set(config.loggers))
+    if stray:
+        raise ConfigError(
+            f"--logger-option names logger(s) {stray} that are not in --logger; add "
+            f"--logger {stray[0]} or drop the option"
+        )
+    chosen = []
+    for name in config.loggers:
+        entry, options = host.loggers.get(name), dict(config.logger_options.get(name, {}))
+        factory = entry.load()
+        check_options(entry, factory, options, "check --logger-option")
+        chosen.append((entry, factory, options))
+    return [(e, call_plugin(e, "failed to start", f, **o)) for e, f, o in chosen]
 
 
 def _summarise(out: Path, tag: str, info: dict, summary: RunSummary, start: float) -> None:
@@ -386,9 +462,25 @@ def worker_pair(ticket: UnitTicket, host: Host) -> tuple[PairPlan, FeatureStore]
             "every node must see the same files at the same paths"
         )
     store = feature_store(config)
-    pair = PairPlan.make(mr, dataset, config, store)
+    pair = PairPlan.make(mr, dataset, config, store, host)
     pair.keep_only(set(ticket.pending))
     return pair, store
+
+
+def spec_facts(entry: Entry, weights_digest: str) -> dict:
+    """What the model's registration declares (licence, paper, reference code, verification),
+    and whether these weights are one of its known-good checkpoints."""
+    spec = entry.spec
+    known = spec.is_known_checkpoint(weights_digest)
+    facts = spec.as_dict()
+    for key in ("name", "paper_options", "paper_protocol_options", "example", "takes_device"):
+        facts.pop(key, None)
+    facts["checkpoint"] = (
+        {"known": True, "source": known.source, "file": known.file}
+        if known
+        else {"known": False, "declared": len(spec.checkpoints)}
+    )
+    return facts
 
 
 def _describe_models(runs) -> dict:
@@ -399,6 +491,7 @@ def _describe_models(runs) -> dict:
             "plugin": mr.entry.plugin.as_dict(),
             "weights_source": mr.weights_source,
             "tasks": [t.name for t in mr.tasks],
+            "spec": spec_facts(mr.entry, mr.facts.weights_digest),
         }
         if mr.entry.name in models:
             models[mr.entry.name].setdefault("task_variants", []).append(described)
@@ -415,9 +508,11 @@ class _Session:
     and :meth:`accept` of the records it computed, written here: the driver owns the
     records, the feature cache writes it does and the run summary."""
 
-    def __init__(self, config, store, summary, datasets, plans) -> None:
+    def __init__(self, config, store, summary, datasets, plans, on_record=None) -> None:
         self.config, self.store, self.summary = config, store, summary
         self.datasets, self.plans = datasets, plans
+        #: the run's cell-finished event, called with each record written here
+        self.on_record = on_record
 
     def run_units(self, units) -> list[UnitResult]:
         results = []
@@ -431,8 +526,8 @@ class _Session:
             if len(needing) > 1:  # one pass over the files for every model
                 extract_together(needing, self.datasets[name], self.config, self.store)
             for unit, pair in zip(mine, pairs, strict=True):
-                before = (self.summary.computed, self.summary.reused, self.summary.not_applicable)
-                cells_s = pair.compute(self.config, self.summary)
+                before = self._counts()
+                cells_s = pair.compute(self.config, self.summary, self.on_record)
                 results.append(self._finished(unit, pair, before, cells_s))
         return results
 
@@ -465,7 +560,7 @@ class _Session:
         """A worker's records of this unit's pending cells: written here, then the unit's
         summary."""
         pair = self.plans[unit.id]
-        before = (self.summary.computed, self.summary.reused, self.summary.not_applicable)
+        before = self._counts()
         expected = {p[4] for p in pair.pending}
         got = {r["fingerprint"] for r in records}
         if got != expected:
@@ -475,8 +570,25 @@ class _Session:
                 "fundbench, plugins and definitions on every node"
             )
         reused = len(pair.plan) - len(expected)
-        cells_s = write_records(self.config.out, records, self.summary, reused=reused)
+        cells_s = write_records(
+            self.config.out, records, self.summary, reused=reused, on_record=self.on_record
+        )
         return self._finished(unit, pair, before, cells_s)
+
+    def written(self, unit: WorkUnit) -> None:
+        """Cell-finished events for the records a worker wrote itself (shared folder)."""
+        if self.on_record is None:
+            return
+        for _task, _digest, cell, _compute, _fingerprint in self.plans[unit.id].pending:
+            path = cell.path(self.config.out)
+            record = read_record(path)
+            if record is not None:
+                written = {k: v for k, v in record.items() if k != "predictions"}
+                self.on_record({**written, "record_path": str(path)})
+
+    def _counts(self) -> tuple[int, int, int, int]:
+        s = self.summary
+        return (s.computed, s.reused, s.not_applicable, s.invalid)
 
     def _finished(
         self, unit: WorkUnit, pair: PairPlan, before: tuple, cells_s: float = 0.0
@@ -492,6 +604,7 @@ class _Session:
             self.summary.not_applicable - before[2],
             stats,
             round(cells_s, 4),
+            invalid=self.summary.invalid - before[3],
         )
         write_unit(self.config.out, result.as_dict())
         return result
@@ -534,6 +647,7 @@ def _plan_checked(
     built: dict[str, ModelRun],
     store: FeatureStore,
     config: RunConfig,
+    host: Host,
 ) -> dict[str, PairPlan]:
     """Every (model, dataset) plan, after checking that each image some model still has to
     embed decodes; ``datasets`` is updated in place when images are left out.
@@ -545,11 +659,11 @@ def _plan_checked(
     for name, dataset in list(datasets.items()):
         mine = [u for u in units if u.dataset == name]
         runs = [built[u.spec.key] for u in mine]
-        pairs = [PairPlan.make(mr, dataset, config, store) for mr in runs]
+        pairs = [PairPlan.make(mr, dataset, config, store, host) for mr in runs]
         for k, pair in enumerate(pairs):
             if pair.pending and not pair.run.is_built:  # planned from stored facts: build
                 pair.run.model  # noqa: B018 - the model's own facts replace the stored ones
-                pairs[k] = PairPlan.make(pair.run, dataset, config, store)
+                pairs[k] = PairPlan.make(pair.run, dataset, config, store, host)
         todo: set[str] = set()
         for pair in pairs:
             if pair.needs_features:
@@ -563,7 +677,7 @@ def _plan_checked(
             shown = "; ".join(f"{p} ({why})" for p, why in sorted(bad.items()))
             warn(f"{name}: skipping {len(bad)} image(s) that cannot be decoded: {shown}")
             dataset = datasets[name] = without_images(dataset, bad)
-            pairs = [PairPlan.make(mr, dataset, config, store) for mr in runs]
+            pairs = [PairPlan.make(mr, dataset, config, store, host) for mr in runs]
         elif bad:
             failures += [f"{p}: cannot decode image ({why})" for p, why in sorted(bad.items())]
         plans.update({u.id: pair for u, pair in zip(mine, pairs, strict=True)})
@@ -576,7 +690,8 @@ def _plan_checked(
 
 
 def _config_dict(config: RunConfig) -> dict:
-    """The run's options as JSON (paths as strings, also inside mappings and lists)."""
+    """The run's options as JSON (paths as strings, also inside mappings and lists), with
+    the loggers' option values left out (a tracking URI may hold a token)."""
 
     def plain(value):
         if isinstance(value, Path):
@@ -587,4 +702,6 @@ def _config_dict(config: RunConfig) -> dict:
             return [plain(v) for v in value]
         return value
 
-    return plain(dict(config.__dict__))
+    options = dict(config.__dict__)
+    options["logger_options"] = {k: sorted(v) for k, v in config.logger_options.items()}
+    return plain(options)

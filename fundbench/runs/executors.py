@@ -38,6 +38,7 @@ class UnitResult:
     extraction: dict = field(default_factory=dict)
     #: seconds its cells took to fit and score (the sum over the records it wrote)
     cells_s: float = 0.0
+    invalid: int = 0
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -87,6 +88,11 @@ class Session(Protocol):
     def ingest(self, unit: WorkUnit, extracted: Extracted) -> None: ...
 
     def accept(self, unit: WorkUnit, records: list[dict]) -> UnitResult: ...
+
+    def written(self, unit: WorkUnit) -> None:
+        """A worker wrote this unit's records into the shared results folder itself (e.g. a
+        Slurm job): the driver announces them to the run's loggers."""
+        ...
 
 
 class Executor(Protocol):

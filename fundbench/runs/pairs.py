@@ -4,7 +4,7 @@ already written, its features loaded on first need, each cell computed and recor
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,9 +15,10 @@ from fundbench.api.definitions import TaskDefinition, digest_of
 from fundbench.data.contamination import evidence
 from fundbench.data.datasets import Dataset
 from fundbench.data.prompts import load_prompts
-from fundbench.eval.cells import PROTOCOL_CELLS, Cell, Context, Features, Outcome, score
+from fundbench.eval.cells import Cell, Context, Features, Head, Outcome, score
 from fundbench.eval.protocols import zero_shot
 from fundbench.features.store import ExtractionStats, FeatureStore
+from fundbench.models.contract import check_embeddings
 from fundbench.runs.records import (
     SCHEMA_VERSION,
     Predictions,
@@ -31,10 +32,9 @@ from fundbench.util.provenance import environment
 
 if TYPE_CHECKING:
     from fundbench.api.model import Model
+    from fundbench.host.loading import Host
     from fundbench.runs.engine import ModelRun, RunConfig, RunSummary
 
-#: protocols whose cells can read class text embeddings
-TEXT_PROTOCOLS = ("zero_shot", "few_shot")
 #: Bump when protocol code changes numbers for the same inputs (invalidates old records).
 #: 2: the tuned linear probe standardises features; 3: each model's own zero-shot convention
 EVAL_VERSION = "3"
@@ -53,10 +53,14 @@ class PairPlan:
     provenance: dict
     modality_reason: str | None
     stats: ExtractionStats
+    #: protocols whose cells can read class text embeddings
+    text_protocols: frozenset[str] = frozenset()
+    #: plugin metrics scored beside the built-in ones
+    extra_metrics: dict | None = None
 
     @classmethod
     def make(
-        cls, mr: ModelRun, dataset: Dataset, config: RunConfig, store: FeatureStore
+        cls, mr: ModelRun, dataset: Dataset, config: RunConfig, store: FeatureStore, host: Host
     ) -> PairPlan:
         entry, model = mr.entry, mr.facts
         prompts = load_prompts(dataset.definition, config.prompts)
@@ -79,6 +83,8 @@ class PairPlan:
             "eval_version": EVAL_VERSION,
             # fp32 adds nothing, so records from before the --precision option still match
             **({"numerics": numerics} if (numerics := store.options.numerics) else {}),
+            # plugin metrics, by name and distribution version: installing one recomputes
+            **({"extra_metrics": extra_ids} if (extra_ids := _metric_ids(host)) else {}),
         }
         modality_reason = None
         if dataset.definition.modality not in model.modalities:
@@ -94,11 +100,12 @@ class PairPlan:
             no_text_reason=_no_text_reason(model, dataset, prompts),
             load_features=lambda: Features.from_dataset(dataset, pair.embeddings(config, store)),
             load_text_weights=lambda: _text_weights(mr.model, dataset, prompts),
+            heads={e.name: Head(e.obj, e.spec.uses_text) for e in host.heads},
         )
         plan = []
         for task in mr.tasks:
             task_digest = digest_of(task.__dict__ | {"source": None})
-            for cell, compute in PROTOCOL_CELLS[task.protocol](ctx, task):
+            for cell, compute in host.protocols.get(task.protocol).obj(ctx, task):
                 fingerprint = digest_of(
                     {
                         **base,
@@ -126,7 +133,18 @@ class PairPlan:
             "zero_shot": base["zero_shot"],
             "model_variant": model.variant,
         }
-        pair = cls(mr, dataset, ctx, base, plan, provenance, modality_reason, stats)
+        pair = cls(
+            mr,
+            dataset,
+            ctx,
+            base,
+            plan,
+            provenance,
+            modality_reason,
+            stats,
+            frozenset(e.name for e in host.protocols if e.spec.needs_text),
+            {e.name: e.obj for e in host.metrics},
+        )
         return pair  # the context's feature loader above extracts through this pair
 
     @property
@@ -141,11 +159,15 @@ class PairPlan:
         text_free = self.ctx.no_text_reason is None
         return any(p[0].protocol != "zero_shot" or text_free for p in self.pending)
 
-    def compute(self, config: RunConfig, summary: RunSummary) -> float:
+    def compute(
+        self, config: RunConfig, summary: RunSummary, on_record: OnRecord | None = None
+    ) -> float:
         """Compute every pending cell and write its record as it is done; returns the
         seconds the cells took (their records' fit and score times)."""
         reused = len(self.plan) - len(self.pending)
-        return write_records(config.out, self.records(), summary, reused=reused)
+        return write_records(
+            config.out, self.records(), summary, reused=reused, on_record=on_record
+        )
 
     def keep_only(self, fingerprints: set[str]) -> None:
         """Plan only the cells with these fingerprints (what the driver still lacks): a worker
@@ -173,6 +195,7 @@ class PairPlan:
                     task,
                     fingerprint,
                     {**self.provenance, "task_digest": task_digest},
+                    self.extra_metrics,
                 )
                 record["contamination"] = self.base["contamination"]
                 yield record
@@ -184,7 +207,7 @@ class PairPlan:
         return (
             self.modality_reason is None
             and self.ctx.no_text_reason is None
-            and any(p[0].protocol in TEXT_PROTOCOLS for p in self.pending)
+            and any(p[0].protocol in self.text_protocols for p in self.pending)
         )
 
     def embeddings(self, config: RunConfig, store: FeatureStore) -> np.ndarray:
@@ -214,19 +237,35 @@ class PairPlan:
             self.ctx.text_weights = text_weights
 
 
+#: called with each record once it is written (the run's cell-finished event)
+OnRecord = Callable[[dict], None]
+
+
 def write_records(
-    out: Path, records: Iterable[dict], summary: RunSummary, *, reused: int = 0
+    out: Path,
+    records: Iterable[dict],
+    summary: RunSummary,
+    *,
+    reused: int = 0,
+    on_record: OnRecord | None = None,
 ) -> float:
     """Write each record as it comes and count it in ``summary``; returns the seconds the
-    cells took (the sum of their records' fit and score times)."""
+    cells took (the sum of their records' fit and score times). ``on_record`` gets each
+    written record without its predictions (they are in the sidecar), with ``record_path``."""
     summary.reused += reused
     seconds = 0.0
     for record in records:
-        write_record(out, record)
-        if record["status"] == "ok":
+        path = write_record(out, record)
+        status = record["status"]
+        if status == "ok":
             summary.computed += 1
+        elif status == "invalid":
+            summary.invalid += 1
         else:
             summary.not_applicable += 1
+        if on_record is not None:
+            written = {k: v for k, v in record.items() if k != "predictions"}
+            on_record({**written, "record_path": str(path)})
         timing = record.get("timing") or {}
         seconds += timing.get("fit_s", 0.0) + timing.get("score_s", 0.0)
     return seconds
@@ -249,6 +288,10 @@ def extract_together(
         )
 
 
+def _metric_ids(host: Host) -> list[str]:
+    return [f"{e.name}@{e.plugin.distribution}=={e.plugin.version}" for e in host.metrics]
+
+
 def _no_text_reason(model: Model, dataset: Dataset, prompts) -> str | None:
     reason = model.text_unavailable_reason
     if reason:
@@ -263,7 +306,9 @@ def _text_weights(model: Model, dataset: Dataset, prompts) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            return model.encode_texts(texts).float().cpu().numpy()
+            out = model.encode_texts(texts)
+        check_embeddings(model, out, len(texts), "encode_texts")
+        return out.float().cpu().numpy()
 
     return zero_shot.class_text_embeddings(
         encode,
@@ -282,6 +327,7 @@ def _record(
     task: TaskDefinition,
     fingerprint: str,
     provenance: dict,
+    extra_metrics: dict | None = None,
 ) -> dict:
     classes = list(dataset.classes)
     record = {
@@ -294,10 +340,11 @@ def _record(
         "skipped_images": len(dataset.skipped),
     }
     if outcome.reason:
-        return {**record, "status": "not_applicable", "reason": outcome.reason}
+        status = "invalid" if outcome.invalid else "not_applicable"
+        return {**record, "status": status, "reason": outcome.reason}
     t0 = time.perf_counter()
     f = outcome.features or ctx.features
-    metrics = score(dataset, f, outcome.probs, task.bootstrap)
+    metrics = score(dataset, f, outcome.probs, task.bootstrap, extra_metrics)
     return {
         **record,
         "status": "ok",

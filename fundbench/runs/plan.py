@@ -59,8 +59,8 @@ def model_specs(
         source = inputs[entry.name]["weights_source"]
         variants: dict = {}
         if paper:
-            options = {**entry.metadata.get("paper_options", {}), **options}
-            variants = entry.metadata.get("paper_protocol_options", {})
+            options = {**entry.spec.paper_options, **options}
+            variants = entry.spec.paper_protocol_options
         groups = [(options, [t for t in tasks if t.protocol not in variants])]
         groups += [
             ({**options, **extra}, [t for t in tasks if t.protocol == protocol])

@@ -307,6 +307,11 @@ def validate_record(record: dict) -> None:
     _validator(version if known else SCHEMA_VERSION).validate(record)
 
 
+#: a cell's outcome: numbers; no numbers because the protocol does not apply (no text tower,
+#: another modality); or no numbers because they would be meaningless (a contract check)
+STATUSES = ("ok", "not_applicable", "invalid")
+
+
 def write_record(out: Path, record: dict) -> Path:
     """Write a cell's record under ``out``: first its predictions sidecar (when
     ``record["predictions"]`` is a :class:`Predictions`), then the record, then the
@@ -513,8 +518,8 @@ def check_record(record: dict, path: Path | str) -> dict:
     if extra:
         raise bad(f"unknown cell key(s) {extra}")
     status = record.get("status")
-    if status not in ("ok", "not_applicable"):
-        raise bad(f"status {status!r:.60}, expected 'ok' or 'not_applicable'")
+    if status not in STATUSES:
+        raise bad(f"status {status!r:.60}, expected one of {', '.join(STATUSES)}")
     if status == "ok":
         metrics = record.get("metrics")
         if not isinstance(metrics, dict):

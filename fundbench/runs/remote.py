@@ -83,6 +83,7 @@ def run_here(ticket: UnitTicket) -> UnitResult:
         summary.not_applicable,
         stats,
         round(cells_s, 4),
+        invalid=summary.invalid,
     )
     write_unit(ticket.config.out, result.as_dict())
     return result

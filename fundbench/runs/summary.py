@@ -70,7 +70,7 @@ def merge(invocations: list[dict], units: list[dict]) -> dict:
     for name in datasets:
         missing.pop(name, None)
     extraction, cells_s = {}, {}
-    cells = {"computed": 0, "reused": 0, "not_applicable": 0}
+    cells = {"computed": 0, "reused": 0, "not_applicable": 0, "invalid": 0}
     for unit in sorted(units, key=lambda u: u["unit"]):
         key = f"{unit['model']}/{unit['dataset']}"
         if key in extraction or key in cells_s:

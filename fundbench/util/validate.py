@@ -210,15 +210,18 @@ def parse_dataset_roots(values: Iterable[str]) -> dict[str, Path]:
     return roots
 
 
-def parse_model_args(values: Iterable[str]) -> dict[str, dict]:
-    """``--model-arg MODEL.OPTION=VALUE`` (VALUE is YAML: 64, true, [1, 2], a string)."""
+def parse_model_args(
+    values: Iterable[str], flag: str = "--model-arg", owner: str = "MODEL"
+) -> dict[str, dict]:
+    """``--model-arg MODEL.OPTION=VALUE`` (VALUE is YAML: 64, true, [1, 2], a string); the
+    same shape serves ``--logger-option LOGGER.OPTION=VALUE``."""
     options: dict[str, dict] = {}
     for value in values:
         key, sep, raw = value.partition("=")
         model, dot, option = key.rpartition(".")  # model names may hold dots (timm tags)
         if not (sep and dot and model and option):
-            raise ConfigError(f"--model-arg {value!r}: expected MODEL.OPTION=VALUE")
-        options.setdefault(model, {})[option] = yaml_value(f"--model-arg {value}", raw)
+            raise ConfigError(f"{flag} {value!r}: expected {owner}.OPTION=VALUE")
+        options.setdefault(model, {})[option] = yaml_value(f"{flag} {value}", raw)
     return options
 
 

@@ -10,6 +10,8 @@ from importlib import import_module
 
 from fundbench.api.hookspecs import hookimpl
 
+FUNDBENCH_CONTRACT = "2.0"
+
 FAMILIES = ("dr", "glaucoma", "multidisease", "macula", "oct", "ffa", "imagetext", "generic")
 
 

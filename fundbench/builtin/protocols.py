@@ -1,0 +1,72 @@
+"""Registers the built-in protocols (zero-shot, few-shot, linear probe) and few-shot heads
+through the same hooks a plugin uses to add its own (:mod:`fundbench.api.hookspecs`)."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+from fundbench.api.hookspecs import hookimpl
+from fundbench.host.registry import lazy
+
+FUNDBENCH_CONTRACT = "2.0"
+
+
+@hookimpl
+def fundbench_register_protocols(register):
+    register(
+        "zero_shot",
+        "fundbench.eval.cells:zero_shot_cells",
+        label="Zero-shot",
+        needs_text=True,
+        adapters=("prompt_ensemble",),
+        description="cosine similarity to class prompt prototypes, at the model's logit scale",
+    )
+    register(
+        "few_shot",
+        "fundbench.eval.cells:few_shot_cells",
+        label="Few-shot",
+        needs_text=True,  # its text-initialised heads read the class embeddings
+        uses_heads=True,
+        description="K images per class, patient-spread support sets, one of the few-shot heads",
+    )
+    register(
+        "linear_probe",
+        "fundbench.eval.cells:linear_probe_cells",
+        label="Linear probe",
+        adapters=("tuned", "paper"),
+        description="logistic regression on frozen embeddings: C tuned on patient-grouped "
+        "validation, or the papers' fixed C=0.316",
+    )
+
+
+def _head(name: str):
+    return lazy(
+        lambda: functools.partial(
+            importlib.import_module("fundbench.eval.heads").make_adapter, name
+        ),
+        f"fundbench.eval.heads:make_adapter({name!r})",
+    )
+
+
+@hookimpl
+def fundbench_register_heads(register):
+    register("linear_probe", _head("linear_probe"), description="logistic regression, C=0.316")
+    register(
+        "clip_adapter",
+        _head("clip_adapter"),
+        uses_text=True,
+        description="CLIP-Adapter: residual bottleneck MLP, text weights fixed",
+    )
+    register(
+        "tip_adapter",
+        _head("tip_adapter"),
+        uses_text=True,
+        description="Tip-Adapter: training-free cache of support features",
+    )
+    register(
+        "tip_adapter_f",
+        _head("tip_adapter_f"),
+        uses_text=True,
+        description="Tip-Adapter-F: the cache's keys fine-tuned",
+    )
