@@ -6,6 +6,7 @@ or a fake Hugging Face cache: an autouse fixture fails any test that opens a net
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from fundbench.api.errors import CheckpointError, ConfigError
 from fundbench.cli.main import main
 from fundbench.host.loading import Host
 from fundbench.runs.records import iter_records, load_results
+from fundbench.testing import check_model
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 VOCAB = [
@@ -108,8 +111,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def resnet18_state() -> dict[str, torch.Tensor]:
+def make_resnet18_state() -> dict[str, torch.Tensor]:
     """A torchvision ResNet-18 state dict (random weights, 1000-class fc head)."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
@@ -118,6 +120,11 @@ def resnet18_state() -> dict[str, torch.Tensor]:
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def resnet18_state() -> dict[str, torch.Tensor]:
+    return make_resnet18_state()
 
 
 @pytest.fixture(scope="module")
@@ -618,3 +625,50 @@ def test_cli_runs_timm_and_hf_models_with_provenance(resnet18_files, clip_folder
     assert all(r["status"] == "ok" for r in hf_records), [r.get("reason") for r in hf_records]
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["models"]["timm:resnet18"]["weights_source"] == "command line"
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def test_families_are_parametric_contract_2_registrations(host):
+    import fundbench_backbones.plugin_hf as plugin_hf
+    import fundbench_backbones.plugin_timm as plugin_timm
+
+    assert plugin_timm.FUNDBENCH_CONTRACT == plugin_hf.FUNDBENCH_CONTRACT == "2.0"
+    for family, example in (("timm", "timm:resnet50.a1_in1k"), ("hf", "hf:facebook/dinov2-base")):
+        spec = next(e for e in host.models if e.name == family).spec
+        assert spec.parametric is True and spec.example == example
+        assert spec.embed_dim is None  # each member measures its own
+        assert spec.takes_device is False and spec.needs_weights is False
+        assert spec.licence.weights.startswith("per model")
+        assert spec.licence.weights_redistributable is False
+        assert spec.verification.status == "unverified" and spec.verification.method
+    member = host.models.get("timm:resnet18")
+    assert member.spec.parametric is False and member.spec.family == "timm"
+
+
+def test_entry_points_stay_light():
+    code = (
+        "import sys; import fundbench_backbones.plugin_timm, fundbench_backbones.plugin_hf; "
+        "heavy = {'torch', 'timm', 'transformers'} & set(sys.modules); assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- contract (kit)
+
+# fundbench.testing.check_model needs its options at collection time, before any fixture runs:
+# the kit's local files (random weights, tiny models; nothing downloaded) are written at import.
+KIT_ROOT = Path(tempfile.mkdtemp(prefix="fundbench-backbones-contract-"))
+atexit.register(shutil.rmtree, KIT_ROOT, True)
+KIT_RESNET18 = KIT_ROOT / "resnet18.safetensors"
+save_file(make_resnet18_state(), str(KIT_RESNET18))
+KIT_DINOV2 = save_tiny_dinov2(KIT_ROOT / "tiny-dinov2")
+KIT_CLIP = save_tiny_clip(KIT_ROOT / "tiny-clip", tokenizer="words")
+
+#: every contract rule for one member of each family, built as `fundbench run` builds it
+test_timm_resnet18_contract = check_model("timm:resnet18", weights=str(KIT_RESNET18))
+test_hf_dinov2_contract = check_model(f"hf:{KIT_DINOV2}")
+#: a dual encoder with a tokenizer: the text-tower rules run too
+test_hf_clip_contract = check_model(f"hf:{KIT_CLIP}")

@@ -123,7 +123,7 @@ class FlairFamilyModel(Model):
         projection: bool = True,
         crop_foreground: bool | None = None,
         paper: bool = False,
-        device: str = "cpu",
+        device: str | None = None,
     ) -> None:
         name, network = self.family_name, self.network_cls()
         if crop_foreground is None:
@@ -155,7 +155,10 @@ class FlairFamilyModel(Model):
             else None
         )
         self.tokenizer = load_tokenizer(folder, self.max_length) if folder else None
-        self.to(device)
+        # The host builds on the CPU and then calls ``model.to(device)`` (the registration
+        # does not declare takes_device); ``device=`` is only for direct construction.
+        if device is not None:
+            self.to(device)
 
     @property
     def text_unavailable_reason(self) -> str | None:

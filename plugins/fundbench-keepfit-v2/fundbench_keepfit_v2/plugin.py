@@ -9,6 +9,51 @@ the model (:class:`fundbench_keepfit_v2.v2.KeepFITV2Model`) and the trainer
 from __future__ import annotations
 
 from fundbench import hookimpl
+from fundbench.api.spec import Licence, Paper, ReferenceCode, Verification
+from fundbench_keepfit_v2.config import SYNTH_DATASETS
+from fundbench_keepfit_v2.plugin_v1 import MM_RETINAL_COMMIT, MM_RETINAL_REPO
+
+#: The plugin contract this entry point follows (fundbench.api.contract).
+FUNDBENCH_CONTRACT = "2.0"
+
+#: keepfit.md section 1: title, arXiv 2501.15798 (cs.CV), "submitted 27 Jan 2025"
+#: (web3.arxiv.org/abs/2501.15798), which is the first version's date; later versions are
+#: not established by the references, so v1 is used.
+KEEPFIT_V2_PAPER = Paper(
+    title="MM-Retinal V2: Transfer an Elite Knowledge Spark into Fundus Vision-Language "
+    "Pretraining",
+    arxiv="2501.15798v1",
+)
+
+#: No V2 code is public: lxirich/MM-Retinal, which the V2 abstract names, holds only KeepFIT
+#: V1 at its latest known commit (keepfit.md section 0). What this plugin reproduces from
+#: the authors is V1's architecture and key names (keepfit.md sections 3 and 11).
+KEEPFIT_V2_REFERENCE_CODE = ReferenceCode(
+    repo=MM_RETINAL_REPO,
+    commit=MM_RETINAL_COMMIT,
+    path="KeepFIT/KeepFIT-CFP/keepfit/modeling/model.py (KeepFIT V1's network, which this "
+    "V2 keeps; no V2 code is public at this commit)",
+)
+
+#: The code is this distribution's (pyproject.toml: Apache-2.0). No V2 weights are released
+#: (keepfit.md section 8.1): the weights are trained locally by this plugin, from whatever
+#: data the user gives (the embedded synthetic suite by default), so their terms follow the
+#: training data and they are not declared redistributable.
+KEEPFIT_V2_LICENCE = Licence(
+    code="Apache-2.0 (fundbench-keepfit-v2; the V2 authors' code is not public)",
+    weights="none released; trained locally by fundbench, on the terms of the training data",
+    weights_redistributable=False,
+)
+
+KEEPFIT_V2_VERIFICATION = Verification(
+    status="native",
+    method="fundbench holds the implementation and trains it (train.py: stage 1 MLM, stage 2 "
+    "contrastive + generative + V1 knowledge transfer) on KeepFIT V1's exact network; "
+    "tests/test_keepfit_*.py check V1's key layout and parameter count (524 keys, "
+    "134,308,673), V1's PAD-inclusive pooling and logit-scale clamp, the losses, strict "
+    "checkpoint round trips and exact resume. No V2 code or weights are public to compare "
+    "with (keepfit.md section 2.3)",
+)
 
 
 @hookimpl
@@ -19,9 +64,22 @@ def fundbench_register_models(register):
         description="KeepFIT V2 (MM-Retinal V2): V1 ResNet+BERT dual encoder with MLM "
         "text pretraining and hybrid contrastive+generative knowledge "
         "injection; trains its tiny preset on first use",
+        family="keepfit_v2",
         modalities=("cfp", "ffa", "oct"),
-        paper="arXiv 2501.15798",
+        # model.proj_dim of both presets (config.ModelConfig: V1's 512, keepfit.md section 3);
+        # --model-arg keepfit_v2.model.proj_dim=... or a checkpoint trained so changes it
+        embed_dim=512,
+        embed_dim_from_options=True,
         needs_weights=False,
+        licence=KEEPFIT_V2_LICENCE,
+        paper=KEEPFIT_V2_PAPER,
+        reference_code=KEEPFIT_V2_REFERENCE_CODE,
+        checkpoints=(),  # none released
+        # the default training data of both presets; a checkpoint records its own
+        pretraining_datasets=SYNTH_DATASETS,
+        verification=KEEPFIT_V2_VERIFICATION,
+        # without --weights the factory trains the tiny preset on first use, on that device
+        takes_device=True,
     )
 
 

@@ -55,6 +55,8 @@ class KeepFITV2Model(Model):
     def __init__(
         self, weights: str | None = None, preset: str = "tiny", device: str = "cpu", **overrides
     ) -> None:
+        # ``device`` is where the tiny preset trains on first use: the registration declares
+        # takes_device, so the host passes its --device (then calls to() itself as well).
         if weights:
             if overrides:
                 raise ConfigError(
@@ -78,6 +80,8 @@ class KeepFITV2Model(Model):
         self.to(device)
 
     def to(self, device) -> KeepFITV2Model:
+        """The base class moves every held module and tensor; this adds the channels-last
+        layout that :meth:`encode_images` feeds the network in."""
         super().to(device)
         self.net.to(memory_format=torch.channels_last)
         return self

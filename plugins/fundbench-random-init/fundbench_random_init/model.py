@@ -11,19 +11,32 @@ import torch
 
 from fundbench import Model, PreprocessConfig
 from fundbench.api.model import state_dict_digest
+from fundbench.api.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 class RandomInitModel(Model):
+    """timm ``arch`` with ``pretrained=False`` under ``torch.manual_seed(seed)``, in eval mode
+    and without gradients. Built on the CPU; the host moves it (``device`` is only a
+    convenience for direct callers)."""
+
     def __init__(
         self, arch: str = "resnet18", seed: int = 0, resolution: int = 224, device: str = "cpu"
     ) -> None:
         torch.manual_seed(seed)
-        self.encoder = timm.create_model(arch, pretrained=False, num_classes=0).eval()
+        self.encoder = timm.create_model(arch, pretrained=False, num_classes=0)
+        self.encoder.eval().requires_grad_(False)  # inference only: no autograd graphs
         self.name = f"random_init[{arch},seed={seed}]"
-        self.embed_dim = self.encoder.num_features
+        self.embed_dim = int(self.encoder.num_features)
+        # fundbench's choice (there are no authors): 0.875 centre crop, bicubic, ImageNet
         self.preprocess_config = PreprocessConfig(
-            resolution=resolution, mode="center_crop", crop_pct=0.875
+            resolution=resolution,
+            mode="center_crop",
+            crop_pct=0.875,
+            interpolation="bicubic",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
         )
+        # generated weights: the digest of the state dict itself (same seed, same digest)
         self.weights_digest = state_dict_digest(self.encoder)
         self.to(device)
 

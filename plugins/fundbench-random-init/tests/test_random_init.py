@@ -1,12 +1,18 @@
 """``random_init``: registered lazily through this distribution's entry point, built with a
-fixed seed (same weights, same digest), no text tower."""
+fixed seed (same weights, same digest), no text tower, and conforming to the plugin contract
+(:mod:`fundbench.testing`)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import fundbench_random_init.plugin as plugin
 import torch
 from fundbench_random_init.model import RandomInitModel
 
 from fundbench.host.loading import Host
+from fundbench.testing import check_model
 
 
 def test_registered_by_this_distribution_without_importing_the_model():
@@ -16,6 +22,27 @@ def test_registered_by_this_distribution_without_importing_the_model():
     assert entry.target == "fundbench_random_init.model:RandomInitModel"
     assert entry.metadata["needs_weights"] is False
     assert entry.obj is RandomInitModel
+
+
+def test_declared_facts():
+    assert plugin.FUNDBENCH_CONTRACT == "2.0"
+    spec = Host().load_entry_points().models.get("random_init").spec
+    assert spec.embed_dim == 512 == RandomInitModel(resolution=32).embed_dim
+    assert spec.licence.code.startswith("Apache-2.0")
+    assert spec.licence.weights == "none (generated, seed 0)"
+    assert spec.licence.weights_redistributable is True
+    assert spec.verification.status == "native" and spec.verification.method
+    assert spec.takes_device is False and spec.parametric is False
+    assert set(spec.modalities) == {"cfp", "ffa", "oct"}
+
+
+def test_entry_point_stays_light():
+    code = (
+        "import sys; import fundbench_random_init.plugin; "
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_seeded_weights_are_reproducible_and_the_embedding_has_the_feature_width():
@@ -30,3 +57,7 @@ def test_seeded_weights_are_reproducible_and_the_embedding_has_the_feature_width
         assert torch.equal(a.encode_images(x), b.encode_images(x))
         assert a.encode_images(x).shape == (2, 512)
     assert a.preprocess_config.resolution == 64
+
+
+#: every contract rule, built as `fundbench run` builds it (at 64 px to stay fast)
+test_random_init_contract = check_model("random_init", resolution=64)

@@ -15,16 +15,29 @@ from pathlib import Path
 import torch
 
 from fundbench import Model, PreprocessConfig
+from fundbench.api.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from fundbench.models.checkpoints import weights_digest
+from fundbench_retfound.facts import (
+    DINOV2_DATASETS,
+    MAE_CFP_DATASETS,
+    MAE_OCT_DATASETS,
+    MEH_CFP,
+    SHANGHAI_CFP,
+)
 from fundbench_retfound.loading import build_encoder, load_checkpoint
 
-#: What each model was pre-trained on (ref. §1.4, §1.5). The newer cohort files
-#: (``RETFound_{mae,dinov2}_{meh,shanghai}.pth``) are recognised by their file name.
-MAE_CFP_DATASETS = ("ImageNet-1k (MAE stage 1)", "MEH-MIDAS (CFP)", "EyePACS")
-MAE_OCT_DATASETS = ("ImageNet-1k (MAE stage 1)", "MEH-MIDAS (OCT)", "public OCT datasets")
-MEH_CFP = "MEH AlzEye (CFP)"
-SHANGHAI_CFP = "Shanghai Diabetes Prevention Program (CFP)"
-DINOV2_DATASETS = (f"{MEH_CFP} or {SHANGHAI_CFP}",)
+__all__ = [
+    "DINOV2_DATASETS",
+    "MAE_CFP_DATASETS",
+    "MAE_OCT_DATASETS",
+    "MEH_CFP",
+    "SHANGHAI_CFP",
+    "RETFoundModel",
+    "retfound_cfp",
+    "retfound_dinov2",
+    "retfound_oct",
+    "retfound_preprocess",
+]
 
 
 def retfound_preprocess(resolution: int = 224) -> PreprocessConfig:
@@ -33,7 +46,13 @@ def retfound_preprocess(resolution: int = 224) -> PreprocessConfig:
     224 px (Resize 256 -> CenterCrop 224) and 1 above, as RETFound's code."""
     crop_pct = 224 / 256 if resolution <= 224 else 1.0
     return PreprocessConfig(
-        resolution=resolution, mode="center_crop", crop_pct=crop_pct, interpolation="bicubic"
+        resolution=resolution,
+        mode="center_crop",
+        crop_pct=crop_pct,
+        interpolation="bicubic",
+        # timm IMAGENET_DEFAULT_MEAN/STD, for CFP and OCT alike (ref. §1.3)
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
 
 
@@ -54,6 +73,10 @@ class RETFoundModel(Model):
     and the pooling of every published result (ref. §1.1). ``family`` "dinov2": the CLS token
     after the final norm, as ``RETFound_dinov2`` (ref. §1.2). The embedding is the feature
     before the classifier head; the 2025 code's second fc_norm (ref. §1.2) acts on logits only.
+
+    The checkpoint is loaded on the CPU and the encoder left in eval mode. The host moves the
+    model with :meth:`fundbench.Model.to` after building (the registration does not declare
+    ``takes_device``); ``device`` is only a convenience for direct callers.
     """
 
     def __init__(

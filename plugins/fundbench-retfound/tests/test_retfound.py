@@ -19,10 +19,15 @@ import fundbench_retfound.loading as loading
 import fundbench_retfound.model as retfound_model
 import fundbench_retfound.plugin as plugin
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
-from fundbench_retfound.testing import fake_state_dict
+from fundbench_retfound.testing import dinov2_state as fake_dinov2_state
+from fundbench_retfound.testing import (
+    dinov2_teacher,
+    mae_decoder_shapes,
+    meta_shapes,
+    released_mae_state,
+)
 
 from fundbench import load_results
 from fundbench.api.errors import CheckpointError, ConfigError
@@ -31,70 +36,9 @@ from fundbench.host.registry import PluginInfo
 from fundbench.runs.records import iter_records
 
 DIM, DEPTH, HEADS = 1024, 24, 16
-MAE_BLOCK_KEYS = (
-    "norm1.weight",
-    "norm1.bias",
-    "attn.qkv.weight",
-    "attn.qkv.bias",
-    "attn.proj.weight",
-    "attn.proj.bias",
-    "norm2.weight",
-    "norm2.bias",
-    "mlp.fc1.weight",
-    "mlp.fc1.bias",
-    "mlp.fc2.weight",
-    "mlp.fc2.bias",
-)
 
 
-# --- fake checkpoints ---------------------------------------------------------------------
-def _meta_shapes(arch: str, **kwargs) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _mae_decoder_shapes() -> dict[str, tuple[int, ...]]:
-    """The 104 MAE decoder tensors of retfound.md §2.4 (width 512, 8 blocks, MLP 2048)."""
-    shapes = {
-        "mask_token": (1, 1, 512),
-        "decoder_pos_embed": (1, 197, 512),
-        "decoder_embed.weight": (512, 1024),
-        "decoder_embed.bias": (512,),
-    }
-    block = dict(
-        zip(
-            MAE_BLOCK_KEYS,
-            [
-                (512,),
-                (512,),
-                (1536, 512),
-                (1536,),
-                (512, 512),
-                (512,),
-                (512,),
-                (512,),
-                (2048, 512),
-                (2048,),
-                (512, 2048),
-                (512,),
-            ],
-            strict=True,
-        )
-    )
-    for i in range(8):
-        shapes.update({f"decoder_blocks.{i}.{k}": s for k, s in block.items()})
-    shapes.update(
-        {
-            "decoder_norm.weight": (512,),
-            "decoder_norm.bias": (512,),
-            "decoder_pred.weight": (768, 512),
-            "decoder_pred.bias": (768,),
-        }
-    )
-    return shapes
-
-
+# --- fake checkpoints (fundbench_retfound.testing) ------------------------------------------
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -106,11 +50,10 @@ def _sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def mae_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     """A released-style MAE file: {'model': 294 encoder + 104 decoder tensors} (398 keys)."""
-    encoder = _meta_shapes(loading.MAE_ARCH, global_pool="token")
+    encoder = meta_shapes(loading.MAE_ARCH, global_pool="token")
     assert len(encoder) == 294 and "norm.weight" in encoder
-    decoder = _mae_decoder_shapes()
-    assert len(decoder) == 104
-    state = fake_state_dict({**encoder, **decoder}, seed=1)
+    assert len(mae_decoder_shapes()) == 104
+    state = released_mae_state(seed=1)
     assert len(state) == 398
     path = tmp_path_factory.mktemp("retfound_mae") / "RETFound_cfp_weights.pth"
     torch.save({"model": state}, path)
@@ -121,27 +64,14 @@ def mae_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
 @pytest.fixture(scope="module")
 def dinov2_state() -> dict[str, torch.Tensor]:
     """timm-named DINOv2-L/14 tensors at 518 px (pos_embed [1, 1370, 1024]), as trained."""
-    shapes = _meta_shapes(loading.DINOV2_ARCH, img_size=518)
-    assert shapes["pos_embed"] == (1, 1370, 1024) and len(shapes) == 342
-    return fake_state_dict(shapes, seed=2)
+    state = fake_dinov2_state(seed=2)
+    assert state["pos_embed"].shape == (1, 1370, 1024) and len(state) == 342
+    return state
 
 
 def _teacher(state: dict[str, torch.Tensor], chunks: int = 0) -> dict[str, torch.Tensor]:
     """Meta's layout: backbone.-prefixed, optional block chunks, training heads, mask token."""
-    out = {}
-    for key, value in state.items():
-        if chunks and key.startswith("blocks."):
-            index = int(key.split(".")[1])
-            key = f"blocks.{index // (DEPTH // chunks)}.{key[len('blocks.') :]}"
-        out["backbone." + key] = value
-    gen = torch.Generator().manual_seed(3)
-    out["backbone.mask_token"] = torch.randn(1, DIM, generator=gen)
-    for head in ("dino_head", "ibot_head"):
-        out[f"{head}.mlp.0.weight"] = torch.randn(64, DIM, generator=gen)
-        out[f"{head}.mlp.0.bias"] = torch.randn(64, generator=gen)
-        out[f"{head}.last_layer.weight_g"] = torch.randn(128, 1, generator=gen)
-        out[f"{head}.last_layer.weight_v"] = torch.randn(128, 64, generator=gen)
-    return out
+    return dinov2_teacher(state, chunks=chunks, depth=DEPTH)
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +92,12 @@ def factories() -> dict:
 
 @pytest.fixture(scope="module")
 def mae_model(factories, mae_file):
-    return factories["retfound_cfp"].obj(weights=str(mae_file[0]), device="cpu")
+    return factories["retfound_cfp"].obj(weights=str(mae_file[0]))
 
 
 @pytest.fixture(scope="module")
 def dinov2_model(factories, dinov2_file):
-    return factories["retfound_dinov2"].obj(weights=str(dinov2_file), device="cpu")
+    return factories["retfound_dinov2"].obj(weights=str(dinov2_file))
 
 
 @pytest.fixture(scope="module")
@@ -248,13 +178,41 @@ def mae_reference_tokens(mae_file, images) -> torch.Tensor:
 
 # --- 1. formats ---------------------------------------------------------------------------
 def test_three_models_are_registered_with_weights_required(factories):
+    assert plugin.FUNDBENCH_CONTRACT == "2.0"
     assert {"retfound_cfp", "retfound_oct", "retfound_dinov2"} <= set(factories)
     assert factories["retfound_oct"].metadata["modalities"] == ("oct",)
     for name in ("retfound_cfp", "retfound_oct", "retfound_dinov2"):
         entry = factories[name]
-        assert entry.metadata["needs_weights"] is True
+        spec = entry.spec
+        assert spec.needs_weights is True and spec.family == "retfound"
+        # the host moves the built model with Model.to: no device at build time
+        assert spec.takes_device is False
+        assert spec.embed_dim == DIM
+        assert spec.licence.code.startswith("CC BY-NC 4.0")
+        assert spec.licence.weights.startswith("CC BY-NC 4.0")
+        assert spec.licence.weights_redistributable is False
+        assert spec.reference_code.repo == "https://github.com/rmaphoh/RETFound_MAE"
+        assert spec.reference_code.commit == "897d71c8c9b1d0ca1984370d4c4352722017b80a"
+        assert spec.verification.status == "reference-pipeline"
+        assert spec.checkpoints == ()  # no released file's SHA-256 is documented
         params = inspect.signature(entry.obj).parameters
-        assert {"weights", "resolution", "device"} <= set(params)
+        assert {"weights", "resolution"} <= set(params)
+    assert factories["retfound_cfp"].spec.paper.doi == "10.1038/s41586-023-06555-x"
+    assert factories["retfound_oct"].spec.paper == factories["retfound_cfp"].spec.paper
+    assert factories["retfound_dinov2"].spec.paper.doi == "10.1038/s41467-026-70077-z"
+    assert factories["retfound_cfp"].spec.pretraining_datasets == retfound_model.MAE_CFP_DATASETS
+    assert factories["retfound_oct"].spec.pretraining_datasets == retfound_model.MAE_OCT_DATASETS
+    assert factories["retfound_dinov2"].spec.pretraining_datasets == retfound_model.DINOV2_DATASETS
+
+
+def test_entry_point_stays_light():
+    """Importing the entry point (and its facts) imports neither torch nor timm."""
+    code = (
+        "import sys; import fundbench_retfound.plugin; "
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules, sorted(sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_mae_released_file_loads_and_embeds(mae_model, mae_file, mae_embedding):
