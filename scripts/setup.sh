@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install fundbench (editable) with its test, lint and executor (Ray,
-# submitit) extras and every built-in model
-# plugin under plugins/ (each its own distribution, editable). Idempotent: a second call
+# Create .venv and install fundbench (editable) with its test, lint, executor (Ray,
+# submitit) and logger (MLflow) extras and every built-in model plugin under plugins/
+# (each its own distribution, editable). Idempotent: a second call
 # only checks that everything is there. Used by the README quick start and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ plugins=()
 for dir in plugins/*/; do
   if [ -f "${dir}pyproject.toml" ]; then plugins+=(-e "${dir%/}"); fi
 done
-.venv/bin/python -m pip install --quiet -c requirements/ci-constraints.txt -e '.[test,lint,ray,slurm]' \
+.venv/bin/python -m pip install --quiet -c requirements/ci-constraints.txt -e '.[test,lint,ray,slurm,mlflow]' \
   "${plugins[@]}"
 .venv/bin/python -c "import torch, torchvision, timm, fundbench; print('fundbench env ready: torch', torch.__version__, 'torchvision', torchvision.__version__)"
 .venv/bin/python -c "
