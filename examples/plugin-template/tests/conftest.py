@@ -1,0 +1,9 @@
+"""Every test process (and the subprocesses it starts) uses a private fundbench cache, so the
+plugin's tests never read or write ~/.cache/fundbench."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("FUNDBENCH_CACHE", tempfile.mkdtemp(prefix="fundbench-test-cache-"))
