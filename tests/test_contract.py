@@ -439,4 +439,12 @@ def test_the_kit_checks_dataset_readers(toy_host, toy_data):
     assert [m.kwargs["ids"] for m in test.pytestmark][0][0] == "columns"
 
 
+def test_check_light_import_names_what_an_entry_point_pulls_in():
+    from fundbench.testing import CheckFailed, check_light_import
+
+    check_light_import("fundbench.builtin.protocols", "fundbench.builtin.loggers")
+    with pytest.raises(CheckFailed, match=r"importing fundbench.api.model imported \['torch'"):
+        check_light_import("fundbench.api.model")
+
+
 _ = Licence, Verification  # re-exported by fundbench for plugins

@@ -45,7 +45,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from fundbench_flair.testing import write_bert_folder
-from fundbench_retfound.testing import fake_state_dict
+from fundbench_retfound.testing import dinov2_teacher, fake_state_dict
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
@@ -309,16 +309,8 @@ def weight_files(tmp_path_factory) -> dict[str, Path]:
 
     # RETFound DINOv2: {'teacher': backbone.-prefixed, 518 px pos_embed, mask token, heads}.
     shapes = _meta_shapes(SMALL_DINOV2_ARCH, img_size=518)
-    dim = shapes["cls_token"][-1]
-    assert shapes["pos_embed"] == (1, 1370, dim)
-    teacher = {f"backbone.{k}": v for k, v in fake_state_dict(shapes, seed=23).items()}
-    gen = torch.Generator().manual_seed(24)
-    teacher["backbone.mask_token"] = torch.randn(1, dim, generator=gen)
-    for head in ("dino_head", "ibot_head"):
-        teacher[f"{head}.mlp.0.weight"] = torch.randn(32, dim, generator=gen)
-        teacher[f"{head}.mlp.0.bias"] = torch.randn(32, generator=gen)
-        teacher[f"{head}.last_layer.weight_g"] = torch.randn(64, 1, generator=gen)
-        teacher[f"{head}.last_layer.weight_v"] = torch.randn(64, 32, generator=gen)
+    assert shapes["pos_embed"] == (1, 1370, shapes["cls_token"][-1])
+    teacher = dinov2_teacher(fake_state_dict(shapes, seed=23), seed=24)
     files["retfound_dinov2"] = root / "RETFound_dinov2_meh.pth"
     torch.save({"teacher": teacher}, files["retfound_dinov2"])
     return files

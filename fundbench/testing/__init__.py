@@ -34,6 +34,7 @@ __all__ = [
     "ModelCheck",
     "NotChecked",
     "check_dataset_reader",
+    "check_light_import",
     "check_model",
     "dataset_reader_checks",
     "model_checks",
@@ -52,6 +53,33 @@ def check_dataset_reader(reader: Callable[..., Any], definition: Any, data_root:
     return _parametrized(
         dataset_reader_checks(reader, definition, data_root), "test_dataset_reader_contract"
     )
+
+
+#: what an entry-point module must not import: ``fundbench list`` stays fast without them
+HEAVY = ("torch", "torchvision", "timm", "transformers")
+
+
+def check_light_import(*modules: str, heavy: tuple[str, ...] = HEAVY) -> None:
+    """Import ``modules`` (a plugin's entry points) in a fresh interpreter and fail, naming
+    them, if that imported torch or a model library: registration must stay light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        f"for name in {list(modules)!r}: importlib.import_module(name)\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(heavy)!r})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CheckFailed(f"importing {', '.join(modules)} failed: {last}")
+    loaded = proc.stdout.strip()
+    if loaded != "[]":
+        raise CheckFailed(
+            f"importing {', '.join(modules)} imported {loaded}: name the factory as a "
+            "'package.module:Class' string so it is imported only when the model is built"
+        )
 
 
 def _parametrized(checks: list[ModelCheck], name: str) -> Callable[..., None]:

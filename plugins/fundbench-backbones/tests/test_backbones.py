@@ -31,7 +31,7 @@ from fundbench.api.errors import CheckpointError, ConfigError
 from fundbench.cli.main import main
 from fundbench.host.loading import Host
 from fundbench.runs.records import iter_records, load_results
-from fundbench.testing import check_model
+from fundbench.testing import check_light_import, check_model
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 VOCAB = [
@@ -648,12 +648,7 @@ def test_families_are_parametric_contract_2_registrations(host):
 
 
 def test_entry_points_stay_light():
-    code = (
-        "import sys; import fundbench_backbones.plugin_timm, fundbench_backbones.plugin_hf; "
-        "heavy = {'torch', 'timm', 'transformers'} & set(sys.modules); assert not heavy, heavy"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    check_light_import("fundbench_backbones.plugin_timm", "fundbench_backbones.plugin_hf")
 
 
 # --------------------------------------------------------------------------- contract (kit)

@@ -4,15 +4,12 @@ fixed seed (same weights, same digest), no text tower, and conforming to the plu
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import fundbench_random_init.plugin as plugin
 import torch
 from fundbench_random_init.model import RandomInitModel
 
 from fundbench.host.loading import Host
-from fundbench.testing import check_model
+from fundbench.testing import check_light_import, check_model
 
 
 def test_registered_by_this_distribution_without_importing_the_model():
@@ -37,12 +34,7 @@ def test_declared_facts():
 
 
 def test_entry_point_stays_light():
-    code = (
-        "import sys; import fundbench_random_init.plugin; "
-        "assert 'torch' not in sys.modules and 'timm' not in sys.modules"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    check_light_import("fundbench_random_init.plugin")
 
 
 def test_seeded_weights_are_reproducible_and_the_embedding_has_the_feature_width():

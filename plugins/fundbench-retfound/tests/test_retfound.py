@@ -34,6 +34,7 @@ from fundbench.api.errors import CheckpointError, ConfigError
 from fundbench.host.loading import Host
 from fundbench.host.registry import PluginInfo
 from fundbench.runs.records import iter_records
+from fundbench.testing import check_light_import
 
 DIM, DEPTH, HEADS = 1024, 24, 16
 
@@ -207,12 +208,7 @@ def test_three_models_are_registered_with_weights_required(factories):
 
 def test_entry_point_stays_light():
     """Importing the entry point (and its facts) imports neither torch nor timm."""
-    code = (
-        "import sys; import fundbench_retfound.plugin; "
-        "assert 'torch' not in sys.modules and 'timm' not in sys.modules, sorted(sys.modules)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    check_light_import("fundbench_retfound.plugin")
 
 
 def test_mae_released_file_loads_and_embeds(mae_model, mae_file, mae_embedding):
