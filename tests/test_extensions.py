@@ -303,3 +303,32 @@ def test_logger_names_and_options_are_checked_before_any_work(host, tmp_path):
             logger_options={"memory": {"colour": "red"}},
         )
     assert not (tmp_path / "a" / "records").exists() and not (tmp_path / "c" / "records").exists()
+
+
+def test_logger_flags_on_the_command_line(host, tmp_path, monkeypatch, capsys):
+    import fundbench.host.loading as loading
+    from fundbench.cli.main import main
+
+    assert host.add_plugin(Loggers, PluginInfo("memlog", "mem-dist", "1"))
+    monkeypatch.setattr(loading, "_default", host)
+    MemoryLogger.runs.clear()
+    args = [
+        "run",
+        "-m",
+        "toy_clip",
+        "-d",
+        "toy_csv",
+        "-t",
+        "linear_probe",
+        "--bootstrap",
+        "20",
+        "--out",
+        str(tmp_path / "out"),
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
+    assert main([*args, "--logger", "memory", "--logger-option", "memory.tag=cli"]) == 0
+    (logger,) = MemoryLogger.runs
+    assert logger.tag == "cli" and logger.cells == logger.summary["computed"] > 0
+    assert main([*args, "--logger-option", "tag=cli"]) == 2
+    assert "expected LOGGER.OPTION=VALUE" in capsys.readouterr().err

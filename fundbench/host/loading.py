@@ -102,7 +102,6 @@ class Host:
     def __post_init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self._infos: dict[int, PluginInfo] = {}
         self._silenced: set[tuple[str, str]] = set()
         # which registration hook is running, for error messages
         self.pm.add_hookcall_monitoring(self._before_hook, lambda *a: None)
