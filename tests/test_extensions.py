@@ -143,6 +143,29 @@ def test_the_plugin_metric_is_computed_on_the_same_resamples(host, tmp_path):
     assert (low, high) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
 
 
+def brier_vectorized(y_true, probs, *, n_classes, sample_weight=None):
+    """The same Brier score, for a [B, N] weight matrix at once."""
+    per_sample = ((probs - np.eye(n_classes)[y_true]) ** 2).sum(1)
+    if sample_weight is None:
+        return float(per_sample.mean())
+    w = np.atleast_2d(sample_weight)
+    return (w @ per_sample) / w.sum(1)
+
+
+def test_a_vectorized_metric_gives_the_same_interval_in_one_call():
+    from fundbench.eval.metrics import custom_metric_ci
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 60)
+    probs = rng.dirichlet(np.ones(3), 60)
+    groups = np.repeat(np.arange(30), 2)  # two eyes per patient
+    slow = custom_metric_ci(brier, y, probs, groups=groups, n_resamples=300, n_classes=3)
+    fast = custom_metric_ci(
+        brier_vectorized, y, probs, groups=groups, n_resamples=300, n_classes=3, vectorized=True
+    )
+    assert fast[0] == pytest.approx(slow[0]) and fast[1] == pytest.approx(slow[1])
+
+
 def test_unknown_protocol_or_head_fails_before_any_work_with_a_suggestion(host, tmp_path):
     class Typos:
         FUNDBENCH_CONTRACT = "2.0"

@@ -285,6 +285,11 @@ class MetricSpec(Spec):
 
     label: str = ""
     higher_is_better: bool = True
+    #: ``sample_weight`` may be a ``[B, N]`` matrix of resample weights, and ``fn`` then
+    #: returns ``[B]`` values: the bootstrap calls it once instead of B times
+    vectorized: bool = False
+    #: computed only for two-class tasks (e.g. sensitivity at a specificity)
+    binary_only: bool = False
 
 
 @dataclass(frozen=True)

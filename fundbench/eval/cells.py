@@ -348,8 +348,18 @@ def _fit_probe(adapter: str, f: Features, n_classes: int) -> tuple[np.ndarray, d
     return probs, {"C": linear_probe.PAPER_C, "class_weight": "balanced"}, len(f.train_y)
 
 
-#: metric name -> ``fn(y_true, probs, *, n_classes, sample_weight) -> float`` (plugins')
-ExtraMetrics = Mapping[str, Callable[..., float]]
+@dataclass(frozen=True)
+class ExtraMetric:
+    """A registered metric: ``fn(y_true, probs, *, n_classes, sample_weight)`` (see
+    :class:`fundbench.api.spec.MetricSpec` for ``vectorized`` and ``binary_only``)."""
+
+    fn: Callable[..., float]
+    vectorized: bool = False
+    binary_only: bool = False
+
+
+#: metric name -> the registered metric (plugins', and the built-in extra ones)
+ExtraMetrics = Mapping[str, "ExtraMetric | Callable[..., float]"]
 
 
 def score(
@@ -371,15 +381,20 @@ def score(
         seed=0,
         **kwargs,
     )
-    for name, fn in (extra or {}).items():
+    for name, metric in (extra or {}).items():
+        if not isinstance(metric, ExtraMetric):
+            metric = ExtraMetric(metric)
+        if metric.binary_only and kwargs["n_classes"] != 2:
+            continue
         point[name], ci[name] = metrics.custom_metric_ci(
-            fn,
+            metric.fn,
             features.test_y,
             probs,
             groups=features.test_groups,
             n_resamples=n_resamples,
             seed=0,
             n_classes=kwargs["n_classes"],
+            vectorized=metric.vectorized,
         )
     return {
         name: {"value": _num(value), "ci_low": _num(ci[name][0]), "ci_high": _num(ci[name][1])}

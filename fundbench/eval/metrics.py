@@ -147,10 +147,12 @@ def custom_metric_ci(
     confidence: float = 0.95,
     seed: int = 0,
     n_classes: int | None = None,
+    vectorized: bool = False,
 ) -> tuple[float, tuple[float, float]]:
     """A plugin's metric ``fn(y_true, probs, *, n_classes, sample_weight) -> float``: its
     point value and percentile interval over the resamples :func:`bootstrap_ci` draws for
-    the same ``seed`` (one call per resample: plugin metrics are not vectorised)."""
+    the same ``seed``. A ``vectorized`` metric gets all ``[B, N]`` resample weights in one
+    call and returns ``[B]`` values; any other is called once per resample."""
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     n_classes = int(n_classes if n_classes is not None else probs.shape[1])
 
@@ -160,7 +162,18 @@ def custom_metric_ci(
 
     point = value(None)
     weights = resample_weights(len(y_true), groups=groups, n_resamples=n_resamples, seed=seed)
-    resampled = np.array([value(w.astype(np.float64)) for w in weights])
+    if vectorized:
+        resampled = np.asarray(
+            fn(y_true, probs, n_classes=n_classes, sample_weight=weights.astype(np.float64)),
+            dtype=np.float64,
+        ).reshape(-1)
+        if resampled.shape != (len(weights),):
+            raise ValueError(
+                f"vectorized metric returned {resampled.shape[0]} values for {len(weights)} "
+                "resamples"
+            )
+    else:
+        resampled = np.array([value(w.astype(np.float64)) for w in weights])
     return point, _percentile_interval(resampled, confidence)
 
 

@@ -15,7 +15,7 @@ from fundbench.api.definitions import TaskDefinition, digest_of
 from fundbench.data.contamination import evidence
 from fundbench.data.datasets import Dataset
 from fundbench.data.prompts import load_prompts
-from fundbench.eval.cells import Cell, Context, Features, Head, Outcome, score
+from fundbench.eval.cells import Cell, Context, ExtraMetric, Features, Head, Outcome, score
 from fundbench.eval.protocols import zero_shot
 from fundbench.features.store import ExtractionStats, FeatureStore
 from fundbench.models.contract import check_embeddings
@@ -143,7 +143,10 @@ class PairPlan:
             modality_reason,
             stats,
             frozenset(e.name for e in host.protocols if e.spec.needs_text),
-            {e.name: e.obj for e in host.metrics},
+            {
+                e.name: ExtraMetric(e.obj, e.spec.vectorized, e.spec.binary_only)
+                for e in host.metrics
+            },
         )
         return pair  # the context's feature loader above extracts through this pair
 
