@@ -17,6 +17,7 @@ import yaml
 
 from fundbench.api.errors import ConfigError
 from fundbench.api.modalities import MODALITIES
+from fundbench.api.spec import SELECTION_SPLITS
 
 #: the built-in protocols (plugins may register more: fundbench_register_protocols)
 PROTOCOLS = ("zero_shot", "few_shot", "linear_probe")
@@ -125,6 +126,9 @@ class DatasetDefinition:
     seen_by: tuple[str, ...] = ()
     #: other names of the dataset (matched against models' ``pretraining_datasets``)
     aliases: tuple[str, ...] = ()
+    #: subgroup attributes (columns of the reader's table, e.g. camera, site, sex, age_band,
+    #: eye) over whose values each metric is also reported per slice
+    attributes: tuple[str, ...] = ()
     source: str = "<python>"
 
     @classmethod
@@ -161,6 +165,12 @@ class DatasetDefinition:
             _integer(splits["seed"], "splits.seed", source, 0)
         prompts = data.get("prompts")
         ident = _name(_require(data, "id", source), "id", source)
+        attributes = _names(data.get("attributes"), "attributes", source, empty=True)
+        if len(set(attributes)) != len(attributes) or {"path", "label", "split"} & set(attributes):
+            raise ConfigError(
+                f"{source}: 'attributes' must be distinct column names other than path, label "
+                f"and split, got {list(attributes)!r:.80}"
+            )
         return cls(
             id=ident,
             name=_text(data.get("name", ident), "name", source),
@@ -178,6 +188,7 @@ class DatasetDefinition:
             download=_text(data.get("download", ""), "download", source),
             seen_by=_names(data.get("seen_by"), "seen_by", source, empty=True),
             aliases=_names(data.get("aliases"), "aliases", source, empty=True),
+            attributes=attributes,
             source=source,
         )
 
@@ -209,6 +220,10 @@ class TaskDefinition:
     #: {test: 0.2, train: 0.8 (default: the rest), folds: 5}. Fold f shuffles each class with
     #: seed f, takes the first ``test`` share as test and the next ``train`` share as train.
     resplit: dict | None = None
+    #: what this task selects -> the split it reads ("train": a validation carved from the
+    #: training pool, "val" or "test"), over its protocol's ``selects_on``: {threshold: val}.
+    #: A run refuses any that reads test (fundbench.runs.protocol_check)
+    selection: dict = field(default_factory=dict)
     source: str = "<python>"
 
     @classmethod
@@ -246,8 +261,25 @@ class TaskDefinition:
             bootstrap=_integer(data.get("bootstrap", 1000), "bootstrap", source, 1),
             description=_text(data.get("description", ""), "description", source),
             resplit=resplit,
+            selection=_selection(data.get("selection"), source),
             source=source,
         )
+
+
+def _selection(value: Any, source: str) -> dict[str, str]:
+    """A task's ``selection``: names of what it selects -> one of SELECTION_SPLITS."""
+    selection = _mapping(value, "selection", source)
+    for what, split in selection.items():
+        if not isinstance(what, str) or not what.strip():
+            raise ConfigError(
+                f"{source}: selection keys name what is selected (e.g. threshold), got {what!r:.80}"
+            )
+        if split not in SELECTION_SPLITS:
+            raise ConfigError(
+                f"{source}: selection.{what} must be one of {', '.join(SELECTION_SPLITS)} "
+                f"(the split it is chosen on), got {split!r:.80}"
+            )
+    return dict(selection)
 
 
 @dataclass(frozen=True)

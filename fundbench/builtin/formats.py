@@ -94,22 +94,52 @@ def read_imagefolder(definition: DatasetDefinition, data_root: Path | None) -> p
 
 
 def read_synthfundus(definition: DatasetDefinition, data_root: Path | None) -> pd.DataFrame:
-    """Generate (once, cached by a digest of the options) and read a synthetic dataset."""
+    """Generate (once, cached by a digest of the options) and read a synthetic dataset,
+    with its subgroup attribute columns (camera, site, sex, age_band; eye is core)."""
     from fundbench.data.synth import generate_dataset  # heavy drawing code: import on use
 
     opts = dict(definition.options)
     given = opts.pop("path", None)  # an explicit folder (e.g. `data verify --root`)
+    family = opts.pop("family", None)
     if given and (Path(given) / "labels.csv").exists():
-        return read_csv_table(Path(given) / "labels.csv", Path(given), {"path": "image"})
-    family = opts.pop("family")
-    base = Path(data_root) if data_root else cache_dir() / "synthfundus"
-    folder = base / f"{definition.id}-{digest_of({'family': family, **opts})[:12]}"
-    if not (folder / "labels.csv").exists():
-        from fundbench.util.progress import progress_callback
+        folder = Path(given)
+    else:
+        base = Path(data_root) if data_root else cache_dir() / "synthfundus"
+        folder = base / f"{definition.id}-{digest_of({'family': family, **opts})[:12]}"
+        if not (folder / "labels.csv").exists():
+            from fundbench.util.progress import progress_callback
 
-        with progress_callback(f"generating {definition.id}") as report:
-            generate_dataset(family, folder, progress=report, **opts)
-    return read_csv_table(folder / "labels.csv", folder, {"path": "image"})
+            with progress_callback(f"generating {definition.id}") as report:
+                generate_dataset(family, folder, progress=report, **opts)
+    table = read_csv_table(folder / "labels.csv", folder, {"path": "image"})
+    return _synth_attributes(table, folder, definition, family, opts)
+
+
+def _synth_attributes(
+    table: pd.DataFrame, folder: Path, definition: DatasetDefinition, family: str | None, opts: dict
+) -> pd.DataFrame:
+    """Add the generator's attribute columns, which ``read_csv_table`` leaves out. A folder
+    generated before attributes existed lacks them: they are recomputed from the plan (a pure
+    function of the options), so old caches keep their images and still slice."""
+    from fundbench.data.synth.generate import ATTRIBUTES, attribute_table
+
+    csv = folder / "labels.csv"
+    raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    names = [a for a in ATTRIBUTES if a not in table]
+    lacking = [a for a in names if a not in raw.columns]
+    if lacking and family is not None:
+        planned = attribute_table(family, **opts).set_index("image")
+        if set(raw["image"]) <= set(planned.index):
+            raw = raw.join(planned[lacking], on="image")
+    for name in names:
+        if name in raw.columns:
+            table[name] = raw[name].to_numpy()
+    missing = [a for a in definition.attributes if a not in table]
+    if missing:
+        raise DataError(
+            f"{csv}: no column(s) {missing} for the attributes that {definition.id!r} declares"
+        )
+    return table
 
 
 @hookimpl

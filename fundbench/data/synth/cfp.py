@@ -8,7 +8,8 @@ drawn on 8-bit alpha layers at ``SS`` times the resolution and reduced, which
 anti-aliases lesions smaller than a pixel; colours are composited in float RGB in [0, 1].
 
 The shared pieces (``Geometry``, ``vessel_tree``, ``Layer``, ``camera``) are reused by
-the angiogram renderer in :mod:`fundbench.data.synth.ffa`.
+the angiogram renderer in :mod:`fundbench.data.synth.ffa`. A :class:`CameraProfile` says
+which camera takes the photograph (``CAMERAS``: "a", the default, and "b", a second domain).
 """
 
 from __future__ import annotations
@@ -404,6 +405,34 @@ def sample_dr_lesions(rng: np.random.Generator, grade: int) -> DRLesions:
     return les
 
 
+@dataclass(frozen=True)
+class CameraProfile:
+    """A camera's fixed character, applied on top of the per-image randomness of
+    :func:`camera`. Every field at its default is the identity and its step is skipped, so
+    camera "a" draws exactly the pixels (and random numbers) it drew before profiles existed.
+    """
+
+    name: str
+    scale: float = 1.0  # output resolution relative to the requested image size
+    fov: float = 1.0  # field-stop radius relative to the drawn field: < 1 hides the periphery
+    vignette: float = 0.0  # extra darkening at the rim of the field, 0..1
+    blur: float = 0.0  # gaussian defocus sigma, in pixels per 512 of output width
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)  # RGB colour balance gains
+
+    def size(self, image_size: int) -> int:
+        return max(32, round(image_size * self.scale))
+
+
+CAMERAS = {
+    "a": CameraProfile("a"),
+    # a lower-resolution, narrower-field camera with a cooler, greener colour balance and
+    # soft optics (a second site's older device): 320 px for a 512 request
+    "b": CameraProfile(
+        "b", scale=0.625, fov=0.85, vignette=0.35, blur=2.0, tint=(0.84, 1.04, 1.22)
+    ),
+}
+
+
 @dataclass
 class CFPSpec:
     """What to draw in one colour fundus photograph."""
@@ -419,6 +448,7 @@ class CFPSpec:
     drusen: int = 0
     pigment_changes: bool = False
     tessellation: float = 0.0  # 0 none .. 1 strongly tessellated
+    camera: CameraProfile = CAMERAS["a"]
 
 
 def cfp_spec(
@@ -718,12 +748,29 @@ def _noise(rng: np.random.Generator, size: int) -> np.ndarray:
     return _noise_bank(size)[y : y + size, x : x + size]
 
 
+def _gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable gaussian blur of an (h, w, channels) float image, edges extended."""
+    r = max(1, math.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2).astype(np.float32)
+    k /= k.sum()
+    h, w = img.shape[:2]
+    pad = np.pad(img, ((r, r), (0, 0), (0, 0)), mode="edge")
+    img = sum(kk * pad[i : i + h] for i, kk in enumerate(k))
+    pad = np.pad(img, ((0, 0), (r, r), (0, 0)), mode="edge")
+    return sum(kk * pad[:, i : i + w] for i, kk in enumerate(k))
+
+
 def camera(
-    rng: np.random.Generator, img: np.ndarray, geo: Geometry, *, mono: bool = False
+    rng: np.random.Generator,
+    img: np.ndarray,
+    geo: Geometry,
+    *,
+    mono: bool = False,
+    profile: CameraProfile = CAMERAS["a"],
 ) -> Image.Image:
     """What the camera adds to the retina in ``img`` (float RGB): uneven illumination,
     vignette, the black circular field stop, tint, exposure, gamma, sensor noise, slight
-    defocus and a JPEG round trip."""
+    defocus and a JPEG round trip; then the fixed character of ``profile``."""
     s, r = geo.size, geo.radius
     x, y = low_grid(s)
     dx, dy = (x - s / 2) / r, (y - s / 2) / r
@@ -733,8 +780,16 @@ def camera(
     light *= (1 - rng.uniform(0.2, 0.4) * r2 * r2) * rng.uniform(0.9, 1.1)
     light = upsample(light, s)
     light *= np.clip((r - _radius_map(s)) / (0.5 + s / 512), 0, 1)  # soft edge of the field
+    if profile.fov < 1 or profile.vignette:  # a narrower field stop, a darker rim
+        stop = r * profile.fov
+        light *= np.clip((stop - _radius_map(s)) / (0.5 + s / 512), 0, 1)
+        light *= 1 - profile.vignette * np.minimum(_radius_map(s) / stop, 1) ** 2
     tint = np.ones(3, np.float32) if mono else rng.uniform(0.94, 1.06, 3).astype(np.float32)
+    if profile.tint != (1.0, 1.0, 1.0):
+        tint *= np.asarray(profile.tint, np.float32)
     img *= light[..., None] * (tint * 255)
+    if profile.blur:  # soft optics blur the retina before the sensor adds its noise
+        img = _gaussian_blur(img, profile.blur * s / 512)
     sigma = rng.uniform(0.008, 0.022) * 255
     img += (_noise(rng, s) * np.where(light > 0, sigma, 0).astype(np.float32))[..., None]
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
@@ -794,4 +849,4 @@ def draw_cfp(rng: np.random.Generator, spec: CFPSpec) -> tuple[Image.Image, dict
     _red_lesions(rng, img, geo, spec.dr, spec.dr_grade, f)
     _bright_lesions(rng, img, geo, spec.dr, tree, f)
     _proliferative(rng, img, geo, spec.dr, tree, f)
-    return camera(rng, img, geo), f
+    return camera(rng, img, geo, profile=spec.camera), f

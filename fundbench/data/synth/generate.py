@@ -3,6 +3,10 @@
 Every random choice comes from a numpy Generator seeded by (seed, family, purpose,
 patient, eye), so an image depends only on the arguments that name it, and the whole
 dataset is reproducible bit for bit on the same library versions.
+
+A CFP dataset is photographed by one camera (``CAMERAS``: "a", the default, or "b", a second
+domain for shift). Every image carries subgroup attributes (``ATTRIBUTES``), written as extra
+``labels.csv`` columns: they come from a stream of their own, so they change no image.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from PIL import Image
 
 from fundbench.api.errors import ConfigError, DataError
 from fundbench.data.synth.captions import caption
-from fundbench.data.synth.cfp import cfp_spec, draw_cfp, sample_look
+from fundbench.data.synth.cfp import CAMERAS, cfp_spec, draw_cfp, sample_look
 from fundbench.data.synth.ffa import draw_ffa, ffa_spec
 from fundbench.data.synth.oct import draw_oct, oct_spec
 
@@ -33,13 +37,20 @@ CLASSES: dict[str, list[str]] = {
     "oct": ["normal", "drusen", "fluid", "cnv"],
 }
 MODALITY = {"dr": "cfp", "glaucoma": "cfp", "multidisease": "cfp", "ffa": "ffa", "oct": "oct"}
+#: subgroup attributes of every image (``eye`` is a core column already)
+ATTRIBUTES = ("camera", "site", "sex", "age_band", "eye")
+#: the labels.csv columns: the core ones, then the attributes that are not among them
 COLUMNS = ["image", "label", "patient", "eye", "split", "caption"]
+COLUMNS += [a for a in ATTRIBUTES if a not in COLUMNS]
 SPLITS = ("train", "val", "test")
 EYES = ("OD", "OS")
+SITES = {"a": ("site_1", "site_2", "site_3"), "b": ("site_4", "site_5")}  # one camera per site
+SEXES = ("F", "M")
+AGE_BANDS = ("<50", "50-65", ">65")
 JPEG_QUALITY = 92
 
 # Purposes, the third element of every seed sequence.
-_PLAN, _LOOK, _IMAGE, _CAPTION = range(4)
+_PLAN, _LOOK, _IMAGE, _CAPTION, _ATTRIBUTES = range(5)
 
 
 @dataclass(frozen=True)
@@ -50,15 +61,25 @@ class ImagePlan:
     eye: str
     label: str
     split: str
+    camera: str = "a"
+    site: str = ""
+    sex: str = ""
+    age_band: str = ""
 
 
 def _check(
-    family: str, n_patients: int, image_size: int, split_fractions
+    family: str, n_patients: int, image_size: int, split_fractions, camera: str = "a"
 ) -> tuple[float, float, float]:
     if family not in FAMILIES:
         raise ConfigError(
             f"unknown synthetic family {family!r}; choose one of {', '.join(FAMILIES)}"
         )
+    if camera not in CAMERAS:
+        raise ConfigError(
+            f"unknown synthetic camera {camera!r}; choose one of {', '.join(CAMERAS)}"
+        )
+    if camera != "a" and MODALITY[family] != "cfp":
+        raise ConfigError(f"camera {camera!r} photographs colour fundus only, not {family!r}")
     if n_patients < 1:
         raise ConfigError(f"n_patients must be at least 1, got {n_patients}")
     if image_size < 32:
@@ -109,15 +130,45 @@ def _assign_splits(
     return splits
 
 
+def _patient_attributes(
+    dominant: np.ndarray, splits: list[str], camera: str, rng: np.random.Generator
+) -> list[dict[str, str]]:
+    """Sex, age band and site of each patient, independent of disease and balanced for
+    slicing: within each split, patients grouped by dominant label (each group in random
+    order) take the values in turn from a random start, so every split has each value within
+    one patient of its share, and so has every label within a split. Site is drawn last so
+    that the same seed gives the same sex and age under either camera."""
+    out: list[dict[str, str]] = [{} for _ in splits]
+    for name, values in (("sex", SEXES), ("age_band", AGE_BANDS), ("site", SITES[camera])):
+        for split in SPLITS:
+            members = [p for p in range(len(splits)) if splits[p] == split]
+            order = [
+                p
+                for k in sorted(set(dominant[members].tolist()))
+                for p in rng.permutation([m for m in members if dominant[m] == k])
+            ]
+            start = int(rng.integers(len(values)))
+            for j, p in enumerate(order):
+                out[p][name] = values[(start + j) % len(values)]
+    return out
+
+
 def plan_dataset(
-    family: str, n_patients: int, seed: int, split_fractions=(0.6, 0.1, 0.3)
+    family: str,
+    n_patients: int,
+    seed: int,
+    split_fractions=(0.6, 0.1, 0.3),
+    camera: str = "a",
 ) -> list[ImagePlan]:
-    """Which images exist, with their labels and splits (no drawing)."""
-    fractions = _check(family, n_patients, 32, split_fractions)
+    """Which images exist, with their labels, splits and attributes (no drawing)."""
+    fractions = _check(family, n_patients, 32, split_fractions, camera)
     rng = np.random.default_rng([seed, FAMILIES.index(family), _PLAN])
     classes = CLASSES[family]
     dominant = rng.permutation(np.arange(n_patients) % len(classes))
     splits = _assign_splits(dominant, fractions, rng)
+    attrs = _patient_attributes(
+        dominant, splits, camera, np.random.default_rng([seed, FAMILIES.index(family), _ATTRIBUTES])
+    )
     width = max(4, len(str(n_patients)))
     plans = []
     for p in range(n_patients):
@@ -127,22 +178,49 @@ def plan_dataset(
         labels[EYES[1 - EYES.index(first)]] = _fellow_label(family, labels[first], rng)
         both = MODALITY[family] == "cfp" or rng.random() < 0.6  # FFA/OCT: often one eye only
         for eye in EYES if both else (first,):
-            plans.append(ImagePlan(f"{family}_{pid}_{eye}", pid, p, eye, labels[eye], splits[p]))
+            plans.append(
+                ImagePlan(
+                    f"{family}_{pid}_{eye}", pid, p, eye, labels[eye], splits[p], camera, **attrs[p]
+                )
+            )
     return plans
+
+
+def attribute_table(
+    family: str,
+    *,
+    n_patients: int,
+    seed: int,
+    image_size: int = 512,
+    split_fractions=(0.6, 0.1, 0.3),
+    camera: str = "a",
+) -> pd.DataFrame:
+    """The ``image`` and attribute columns that :func:`generate_dataset` writes with the same
+    arguments, from the plan alone (for a dataset generated before attributes existed)."""
+    del image_size  # accepted so that a dataset's generation options can be passed as they are
+    plans = plan_dataset(family, n_patients, seed, split_fractions, camera)
+    return pd.DataFrame(
+        [[f"images/{p.image_id}.jpg", *(getattr(p, a) for a in ATTRIBUTES)] for p in plans],
+        columns=["image", *ATTRIBUTES],
+    )
 
 
 def render_image(
     family: str, plan: ImagePlan, seed: int, image_size: int = 512
 ) -> tuple[Image.Image, dict]:
-    """Draw one planned image; returns (RGB image, findings record)."""
+    """Draw one planned image; returns (RGB image, findings record). A CFP image is drawn by
+    ``plan.camera``, at its resolution (camera "b": 5/8 of ``image_size``)."""
     fam = FAMILIES.index(family)
     look = sample_look(np.random.default_rng([seed, fam, _LOOK, plan.patient_index]))
     rng = np.random.default_rng([seed, fam, _IMAGE, plan.patient_index, EYES.index(plan.eye)])
     modality = MODALITY[family]
     if modality == "cfp":
-        return draw_cfp(
-            rng, cfp_spec(family, plan.label, rng, eye=plan.eye, size=image_size, look=look)
+        profile = CAMERAS[plan.camera]
+        spec = cfp_spec(
+            family, plan.label, rng, eye=plan.eye, size=profile.size(image_size), look=look
         )
+        spec.camera = profile
+        return draw_cfp(rng, spec)
     if modality == "ffa":
         return draw_ffa(rng, ffa_spec(plan.label, rng, eye=plan.eye, size=image_size, look=look))
     return draw_oct(rng, oct_spec(plan.label, rng, eye=plan.eye, size=image_size))
@@ -164,9 +242,11 @@ def generate_dataset(
     seed: int,
     image_size: int = 512,
     split_fractions=(0.6, 0.1, 0.3),
+    camera: str = "a",
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Write ``out_dir/images/*.jpg`` and ``out_dir/labels.csv`` (columns ``COLUMNS``).
+    """Write ``out_dir/images/*.jpg`` and ``out_dir/labels.csv`` (columns ``COLUMNS``),
+    photographed by ``camera`` (see ``CAMERAS``).
 
     Idempotent: returns at once if ``out_dir/labels.csv`` exists. Atomic: the dataset
     is built in a temporary sibling folder and renamed into place, so a crash or a
@@ -175,12 +255,12 @@ def generate_dataset(
     out_dir = Path(out_dir)
     if (out_dir / "labels.csv").exists():
         return out_dir
-    _check(family, n_patients, image_size, split_fractions)
+    _check(family, n_patients, image_size, split_fractions, camera)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DataError(
             f"{out_dir} exists but holds no labels.csv (an interrupted copy?); delete it and rerun"
         )
-    plans = plan_dataset(family, n_patients, seed, split_fractions)
+    plans = plan_dataset(family, n_patients, seed, split_fractions, camera)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -198,6 +278,10 @@ def generate_dataset(
                     plan.eye,
                     plan.split,
                     caption_for(family, plan, findings, seed),
+                    plan.camera,
+                    plan.site,
+                    plan.sex,
+                    plan.age_band,
                 ]
             )
             if progress is not None:
