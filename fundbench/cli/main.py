@@ -142,6 +142,7 @@ def _add_subcommands() -> None:
     from fundbench.cli import embed as cli_embed
     from fundbench.cli import leaderboard as cli_leaderboard
     from fundbench.cli import screenshot as cli_screenshot
+    from fundbench.cli import verify as cli_verify
     from fundbench.cli.data import data_app
     from fundbench.cli.plugins import plugins_app
 
@@ -150,6 +151,7 @@ def _add_subcommands() -> None:
     cli_leaderboard.register(app)
     cli_screenshot.register(app)
     cli_embed.register(app)
+    cli_verify.register(app)
 
 
 _add_subcommands()

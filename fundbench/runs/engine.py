@@ -46,6 +46,7 @@ from fundbench.runs.plan import (
     take_shard,
     work_units,
 )
+from fundbench.runs.protocol_check import check_patient_splits, check_selection
 from fundbench.runs.records import read_record
 from fundbench.runs.summary import finalize, write_invocation, write_unit
 from fundbench.runs.validation import check_prompt_coverage, check_run_config
@@ -284,6 +285,7 @@ def _run(
     datasets, missing = _load_datasets(
         config, [e for e in plan.dataset_entries if e.name in wanted], host, plan.run_file
     )
+    check_patient_splits(datasets.values())  # no patient in two splits
     units = [u for u in plan.units if u.dataset in datasets]
     plans = _plan_checked(datasets, units, built, store, config, host)  # before extraction
     summary.missing = missing
@@ -404,6 +406,7 @@ def _resolve(config: RunConfig, host: Host, device_here: bool = True) -> _Resolv
     run_file = check_run_config(config, device_here)  # weights, model args, data roots
     shard = parse_shard(config.shard)
     model_entries, dataset_entries, tasks = resolve_plan(config, host)
+    check_selection(tasks, host)  # nothing is selected on the test split
     check_prompt_coverage(config.prompts, [e.obj for e in dataset_entries], tasks)
     paper = host.suites.get(config.suite or DEFAULT_SUITE).obj.paper
     model_inputs = resolve_model_inputs(

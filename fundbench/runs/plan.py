@@ -42,7 +42,12 @@ class WorkUnit:
 
 
 def task_digest(task: TaskDefinition) -> str:
-    return digest_of(task.__dict__ | {"source": None})
+    """What identifies a task's settings (not where it was read from; an empty
+    ``selection`` adds nothing, so tasks from before the field keep their digest)."""
+    settings = task.__dict__ | {"source": None}
+    if not settings.get("selection"):
+        settings.pop("selection", None)
+    return digest_of(settings)
 
 
 def model_specs(

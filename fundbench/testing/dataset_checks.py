@@ -16,6 +16,7 @@ from typing import Any
 
 from fundbench.api.definitions import DatasetDefinition
 from fundbench.data.datasets import COLUMNS, SPLITS, build_dataset
+from fundbench.runs.protocol_check import straddling_patients
 from fundbench.testing.model_checks import CheckFailed, ModelCheck
 
 
@@ -68,16 +69,12 @@ def dataset_reader_checks(
             fail("splits", f"the table has splits {sorted(present)}; a run needs train and test")
 
     def patients() -> None:
-        table = built().table
-        per_patient = table.groupby("patient")["split"].nunique()
-        leaked = per_patient[per_patient > 1]
-        if len(leaked):
-            example = leaked.index[0]
-            where_ = sorted(set(table.loc[table["patient"] == example, "split"]))
+        found = straddling_patients(built().table)  # the rule a run enforces
+        if found is not None:
             fail(
                 "patient-disjoint",
-                f"{len(leaked)} patient(s) appear in more than one split, "
-                f"e.g. {example!r} in {where_}; split by patient, not by image",
+                f"{found.count} patient(s) appear in more than one split, "
+                f"e.g. {found.example!r} in {found.splits}; split by patient, not by image",
             )
 
     def deterministic() -> None:
