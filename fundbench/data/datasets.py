@@ -34,6 +34,9 @@ class Dataset:
     manifest_digest: str
     #: images left out because they cannot be decoded (``--skip-bad-images``): path, reason
     skipped: list[dict] = field(default_factory=list)
+    #: whether the reader gave patient ids; when not, ``patient`` holds each image's path
+    #: (every image its own patient), so bootstraps over it resample images, not patients
+    patients_known: bool = True
 
     @property
     def id(self) -> str:
@@ -70,7 +73,8 @@ def build_dataset(
             f"{definition.id!r} ({list(definition.classes)}); fix the label file or the definition"
         )
     table["label"] = table["label"].map(index).astype(int)
-    if "patient" not in table:
+    patients_known = "patient" in table
+    if not patients_known:
         table["patient"] = table["path"].astype(str)  # no ids: every image its own patient
     table["patient"] = table["patient"].astype(str)
     if "eye" not in table:
@@ -89,7 +93,7 @@ def build_dataset(
         table = _limit(table, limit)
     table = table.reset_index(drop=True)
     table["sha256"] = fingerprint_images(table["path"].tolist(), source, definition.id)
-    return Dataset(definition, table, manifest_digest(table))
+    return Dataset(definition, table, manifest_digest(table), patients_known=patients_known)
 
 
 def read_raw(

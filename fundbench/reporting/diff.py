@@ -7,16 +7,21 @@ is listed; identical cells are not. Where both records hold test predictions on 
 images, a two-sided paired bootstrap p-value
 (:func:`fundbench.eval.metrics.paired_bootstrap_pvalue`) says whether the change is more
 than resampling noise. Predictions are read (:func:`fundbench.runs.records.load_predictions`)
-only for cells with a changed value. The resampling is per image, not patient-clustered like
-the CIs (schema-1 records store no patient ids; schema-2 sidecars hold hashed ones). p-values are
-Holm-corrected across the listed cells of each metric (the tests actually made), and a
-cell is ``significant`` when its Holm p-value is below :data:`ALPHA`.
+only for cells with a changed value. Like the CIs, the bootstrap is clustered by patient
+(the hashed patient ids schema-2 sidecars hold, when both records carry the same ones), so
+both eyes of a patient are resampled together; it falls back to resampling images, and says
+so in ``paired_by``, for records without patient ids (schema 1) or whose dataset has none
+(``ci.clustered_by: image``). See :func:`paired_clustering`, which the report uses too.
+p-values are Holm-corrected across the listed cells of each metric (the tests actually
+made), and a cell is ``significant`` when its Holm p-value is below :data:`ALPHA`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import jinja2
 import numpy as np
@@ -41,10 +46,63 @@ COLUMNS = [
     "value_b",
     "delta",
     "p_value",
+    "paired_by",
     "p_holm",
     "significant",
 ]
 CHANGED, ONLY_A, ONLY_B = "changed", "only in A", "only in B"
+BY_PATIENT, BY_IMAGE = "patient", "image"
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """What a paired bootstrap of two records' predictions resamples."""
+
+    #: one cluster id per image (hashed patient ids) or None: every image on its own
+    groups: np.ndarray | None
+    by: str  # BY_PATIENT or BY_IMAGE
+    why: str = ""  # why by image
+
+    @property
+    def label(self) -> str:
+        """Says how: "clustered by patient", or "by image (<why>)" for the fallback."""
+        if self.by == BY_PATIENT:
+            return "clustered by patient"
+        return f"by image ({self.why})" if self.why else "by image"
+
+
+def paired_clustering(
+    record_a: dict,
+    record_b: dict,
+    patients_a: np.ndarray | None,
+    patients_b: np.ndarray | None,
+) -> Clustering:
+    """How to pair-resample two records' predictions on the same images, with
+    ``patients_b`` already in A's image order: by patient when both carry the same hashed
+    patient ids and neither record says its dataset has none (``ci.clustered_by: image``:
+    its ids are image paths), else by image, saying why."""
+    if patients_a is None or patients_b is None:
+        return Clustering(None, BY_IMAGE, "the records hold no patient ids")
+    if any(_ci_clustered_by(r) == BY_IMAGE for r in (record_a, record_b)):
+        return Clustering(None, BY_IMAGE, "the dataset has no patient ids")
+    if not np.array_equal(patients_a, patients_b):
+        return Clustering(None, BY_IMAGE, "the records' patient ids differ")
+    return Clustering(patients_a, BY_PATIENT)
+
+
+def _ci_clustered_by(record: dict) -> str | None:
+    ci = record.get("ci")
+    return ci.get("clustered_by") if isinstance(ci, dict) else None
+
+
+@dataclass(frozen=True)
+class _Paired:
+    """Two records' predictions on the same images, in A's image order."""
+
+    y_true: np.ndarray
+    probs_a: np.ndarray
+    probs_b: np.ndarray
+    clustering: Clustering
 
 
 def _load(run: str | Path) -> dict[tuple, dict]:
@@ -63,7 +121,9 @@ def diff_runs(
     and undefined in the other), "only in A" or "only in B" (the record or the metric
     exists in one run only; a not-applicable record present in one run only is one row with
     an empty metric). ``delta`` is ``value_b - value_a``. ``p_value`` (empty without
-    comparable predictions) comes from ``n_resamples`` paired resamples with ``seed``.
+    comparable predictions) comes from ``n_resamples`` paired resamples with ``seed``,
+    clustered by patient or not as ``paired_by`` says ("patient" or "image"; empty where
+    there is no p-value): see :func:`paired_clustering`.
     """
     records_a, records_b = _load(run_a), _load(run_b)
     rows = []
@@ -86,11 +146,12 @@ def diff_runs(
                 change = CHANGED
             else:
                 change = ONLY_A if in_a else ONLY_B
-            p_value = math.nan
+            p_value, paired_by = math.nan, None
             if change == CHANGED:
                 paired = _paired_predictions(a, b) if paired is None else paired
                 if paired is not False:
                     p_value = _pvalue(paired, metric, n_resamples, seed)
+                    paired_by = paired.clustering.by if not math.isnan(p_value) else None
             rows.append(
                 {
                     **cell,
@@ -101,6 +162,7 @@ def diff_runs(
                     "value_b": value_b,
                     "delta": value_b - value_a,
                     "p_value": p_value,
+                    "paired_by": paired_by,
                 }
             )
     frame = pd.DataFrame(rows, columns=COLUMNS)
@@ -126,8 +188,27 @@ def diff_summary(frame: pd.DataFrame) -> str:
         f"{len(frame)} value(s) differ in {n_cells} cell(s): {counts.get(CHANGED, 0)} changed, "
         f"{counts.get(ONLY_A, 0)} only in A, {counts.get(ONLY_B, 0)} only in B; "
         f"{int(frame['significant'].sum())} of {tested} tested significant "
-        f"(paired bootstrap, Holm p < {ALPHA:g})"
+        f"({_method(frame)}, Holm p < {ALPHA:g})"
     )
+
+
+def _method(frame: pd.DataFrame) -> str:
+    """The paired bootstrap of the tested rows: clustered by patient, by image, or how many
+    of each (a frame without ``paired_by`` says nothing about it)."""
+    if "paired_by" not in frame:
+        return "paired bootstrap"
+    by = frame.loc[frame["p_value"].notna(), "paired_by"].value_counts()
+    n_patient, n_image = int(by.get(BY_PATIENT, 0)), int(by.get(BY_IMAGE, 0))
+    if n_patient and n_image:
+        return (
+            f"paired bootstrap: {n_patient} clustered by patient, {n_image} by image "
+            "(no shared patient ids)"
+        )
+    if n_image:
+        return "paired bootstrap by image (no shared patient ids)"
+    if n_patient:
+        return "paired bootstrap clustered by patient"
+    return "paired bootstrap"
 
 
 def render_diff(
@@ -178,6 +259,7 @@ def _html_row(row: dict) -> dict:
         "value_b": num(row["value_b"]),
         "delta": num(row["delta"], "{:+.4f}"),
         "p_value": num(row["p_value"], "{:.3g}"),
+        "paired_by": text(row.get("paired_by")),
         "p_holm": num(row["p_holm"], "{:.3g}"),
         "significant": bool(row["significant"]),
         "direction": _direction(row["delta"]),
@@ -211,10 +293,10 @@ def _same(a: float, b: float) -> bool:
     return abs(a - b) <= TOLERANCE
 
 
-def _paired_predictions(a: dict, b: dict):
-    """(y_true, probs_a, probs_b) on the same images in the same order, or False when the
-    two records do not hold predictions on the same test images with the same labels. A
-    missing or corrupt sidecar is a :class:`DataError` naming it."""
+def _paired_predictions(a: dict, b: dict) -> _Paired | Literal[False]:
+    """Both records' predictions on the same images in A's order, with how to resample
+    them, or False when the two records do not hold predictions on the same test images
+    with the same labels. A missing or corrupt sidecar is a :class:`DataError` naming it."""
     if a.get("status") != "ok" or b.get("status") != "ok":
         return False
     if a.get("predictions") is None or b.get("predictions") is None:
@@ -236,17 +318,24 @@ def _paired_predictions(a: dict, b: dict):
     y_b, probs_b = pb.y_true[order], pb.probs[order]
     if not np.array_equal(pa.y_true, y_b):
         return False
-    return pa.y_true, pa.probs.astype(float), probs_b.astype(float)
+    patients_b = None if pb.patients is None else pb.patients[order]
+    clustering = paired_clustering(a, b, pa.patients, patients_b)
+    return _Paired(pa.y_true, pa.probs.astype(float), probs_b.astype(float), clustering)
 
 
-def _pvalue(paired, metric: str, n_resamples: int, seed: int) -> float:
+def _pvalue(paired: _Paired, metric: str, n_resamples: int, seed: int) -> float:
     if metric not in metrics.METRICS:
         return math.nan
-    y_true, probs_a, probs_b = paired
     try:
         return float(
             metrics.paired_bootstrap_pvalue(
-                y_true, probs_b, probs_a, metric=metric, n_resamples=n_resamples, seed=seed
+                paired.y_true,
+                paired.probs_b,
+                paired.probs_a,
+                metric=metric,
+                groups=paired.clustering.groups,
+                n_resamples=n_resamples,
+                seed=seed,
             )
         )
     except ValueError:  # e.g. labels outside the probability columns
