@@ -68,7 +68,7 @@ class Extensions:
     @staticmethod
     @hookimpl
     def fundbench_register_metrics(register):
-        register("brier", brier, label="Brier", higher_is_better=False)
+        register("plugin_brier", brier, label="Brier (plugin)", higher_is_better=False)
 
     @staticmethod
     @hookimpl
@@ -120,12 +120,12 @@ def test_plugin_protocol_head_and_metric_appear_in_records_and_report(host, tmp_
     assert protocols == {"centroid", "few_shot"}
     assert {"cosine", "centroid_head", "linear_probe"} <= adapters
     for r in records:
-        brier_m = r["metrics"]["brier"]
+        brier_m = r["metrics"]["plugin_brier"]
         assert 0.0 <= brier_m["ci_low"] <= brier_m["value"] <= brier_m["ci_high"] <= 2.0
         assert "aca" in r["metrics"]  # beside the built-in ones
     html = (out / "report.html").read_text()
     assert "Nearest centroid" in html or "Centroid" in html
-    assert "brier" in html and "centroid_head" in html
+    assert "plugin_brier" in html and "centroid_head" in html
 
 
 def test_the_plugin_metric_is_computed_on_the_same_resamples(host, tmp_path):

@@ -41,7 +41,9 @@ pytestmark = pytest.mark.slow
 DATASET = "synth_glaucoma"
 N_IMAGES = 24  # --limit 8 per split
 N_CELLS = 2  # linear probe: tuned, paper
-SUBPROCESS_ENV = {"FUNDBENCH_LOAD_PLUGINS": "definitions,formats,executors,protocols,random_init"}
+SUBPROCESS_ENV = {
+    "FUNDBENCH_LOAD_PLUGINS": "definitions,formats,executors,protocols,metrics,random_init"
+}
 
 #: Run in the subprocess before the CLI. FB_KILL / FB_SIGNAL = "point:n[:SIGNAL]" act at the
 #: n-th time the point is reached; FB_PAUSE_RECORDS / FB_PAUSE_FORWARD = a file to wait for

@@ -114,6 +114,8 @@ class Model(abc.ABC):
             "weights_digest": self.weights_digest,
             "has_text_tower": self.has_text_tower,
             "variant": self.variant,
+            # parameters, buffers and tensors held, for the report's cost facet
+            "parameters": int(sum(t.numel() for t in held_state(self).values())),
             "zero_shot": self.zero_shot_convention(),
         }
 

@@ -26,6 +26,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 #: an arXiv identifier *with* its version, e.g. 2308.07898v3
 _ARXIV = re.compile(r"^\d{4}\.\d{4,5}v\d+$")
+#: the splits a selection (hyperparameter, threshold, temperature, epoch) may read: "train"
+#: is a validation carved from the training pool
+SELECTION_SPLITS = ("train", "val", "test")
 
 
 class SpecError(ConfigError):
@@ -267,6 +270,17 @@ class ProtocolSpec(Spec):
     adapters: tuple[str, ...] = ()
     #: its adapters are the registered few-shot heads (``fundbench_register_heads``)
     uses_heads: bool = False
+    #: what it selects (a hyperparameter such as "C", a "threshold", a "temperature", an
+    #: "epoch") -> the split that choice reads: "train" (a validation carved from the
+    #: training pool), "val" or "test"; a run refuses "test" (fundbench.runs.protocol_check)
+    selects_on: dict[str, str] = field(default_factory=dict)
+
+    def check(self, where: str) -> None:
+        for what, split in self.selects_on.items():
+            if not isinstance(what, str) or not what.strip():
+                _fail(where, f"selects_on keys name what is selected, e.g. 'C'; got {what!r}")
+            if split not in SELECTION_SPLITS:
+                _fail(where, f"selects_on[{what!r}] is {split!r}; use train, val or test")
 
 
 @dataclass(frozen=True)

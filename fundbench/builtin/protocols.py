@@ -11,12 +11,16 @@ from fundbench.host.registry import lazy
 
 FUNDBENCH_CONTRACT = "2.0"
 
+#: what every cell with a val split chooses there and freezes for test (fundbench.eval.post_hoc)
+POST_HOC = {"temperature": "val", "threshold": "val"}
+
 
 @hookimpl
 def fundbench_register_protocols(register):
     register(
         "zero_shot",
         "fundbench.eval.cells:zero_shot_cells",
+        selects_on=POST_HOC,
         label="Zero-shot",
         needs_text=True,
         adapters=("prompt_ensemble",),
@@ -25,6 +29,7 @@ def fundbench_register_protocols(register):
     register(
         "few_shot",
         "fundbench.eval.cells:few_shot_cells",
+        selects_on=POST_HOC,
         label="Few-shot",
         needs_text=True,  # its text-initialised heads read the class embeddings
         uses_heads=True,
@@ -35,6 +40,9 @@ def fundbench_register_protocols(register):
         "fundbench.eval.cells:linear_probe_cells",
         label="Linear probe",
         adapters=("tuned", "paper"),
+        # "tuned" picks C on a patient-grouped validation carved from train; "paper" fixes
+        # it. Zero-shot and few-shot select nothing (fixed hyperparameters).
+        selects_on={"C": "train", **POST_HOC},
         description="logistic regression on frozen embeddings: C tuned on patient-grouped "
         "validation, or the papers' fixed C=0.316",
     )

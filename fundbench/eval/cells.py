@@ -80,6 +80,17 @@ class Features:
     test_ids: np.ndarray
     #: (x, y, groups, ids) of every image, for per-class re-splits
     pool: tuple | None = None
+    #: the dataset's val split (never fitted on): post-hoc choices such as a calibration
+    #: temperature or an operating threshold are made here, then frozen for test
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+
+    def evaluation_x(self) -> tuple[np.ndarray, int]:
+        """The images a fitted head predicts: test, then val (when there is one), and the
+        number of test rows (predictions are per row, so one call serves both)."""
+        if self.val_x is None or not len(self.val_x):
+            return self.test_x, len(self.test_x)
+        return np.concatenate([self.test_x, self.val_x]), len(self.test_x)
 
     def resplit(self, fold: int, test: float, train: float) -> Features:
         """FLAIR/KeepFIT's ``get_dataloader_splits`` (flair.md section 4.4): per class,
@@ -105,6 +116,7 @@ class Features:
         # validation from it); the val split is left to model developers; test stays unseen.
         fit = (table["split"] == "train").to_numpy()
         test = (table["split"] == "test").to_numpy()
+        val = (table["split"] == "val").to_numpy()
         ids = table["sha256"].str[:16].to_numpy()
         return cls(
             x[fit],
@@ -116,6 +128,8 @@ class Features:
             table["patient"].to_numpy()[test],
             ids[test],
             pool=(x, table["label"].to_numpy(), table["patient"].to_numpy(), ids),
+            val_x=x[val],
+            val_y=table["label"].to_numpy()[val],
         )
 
 
@@ -132,6 +146,8 @@ class Outcome:
     fit_s: float = 0.0
     #: the train/test view this outcome was computed on, when not the dataset's own
     features: Features | None = None
+    #: the same head's probabilities on the val split (None without one)
+    val_probs: np.ndarray | None = None
 
 
 class Context:
@@ -216,13 +232,27 @@ def single_thread() -> Iterator[None]:
 
 
 def _timed(
-    fn: Callable[[], tuple[np.ndarray, dict, int]], features: Features | None = None
+    fn: Callable[[], tuple[np.ndarray, dict, int]],
+    features: Features | None = None,
+    n_test: int | None = None,
 ) -> Outcome:
+    """Run a fit; ``fn`` may return probabilities for test then val rows (``n_test`` of them
+    test, see :meth:`Features.evaluation_x`), split here."""
     start = time.perf_counter()
     with single_thread():
         probs, details, n_train = fn()
     elapsed = time.perf_counter() - start
-    return Outcome(probs=probs, details=details, n_train=n_train, fit_s=elapsed, features=features)
+    val_probs = None
+    if n_test is not None and len(probs) > n_test:
+        probs, val_probs = probs[:n_test], probs[n_test:]
+    return Outcome(
+        probs=probs,
+        details=details,
+        n_train=n_train,
+        fit_s=elapsed,
+        features=features,
+        val_probs=val_probs,
+    )
 
 
 def _views(ctx: Context, task: TaskDefinition) -> list[tuple[int | None, Callable[[], Features]]]:
@@ -252,11 +282,13 @@ def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, 
                     return invalid
                 f = view()
 
+                x, n_test = f.evaluation_x()
+
                 def fit() -> tuple[np.ndarray, dict, int]:
-                    probs = zero_shot.zero_shot_probs(f.test_x, ctx.text_weights, ctx.logit_scale)
+                    probs = zero_shot.zero_shot_probs(x, ctx.text_weights, ctx.logit_scale)
                     return probs, {}, 0
 
-                return _timed(fit, f if task.resplit else None)
+                return _timed(fit, f if task.resplit else None, n_test)
 
             yield cell, compute
 
@@ -307,9 +339,10 @@ def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, C
                             logit_scale=ctx.logit_scale,
                         )
                         model.fit(f.train_x[support], f.train_y[support])
-                        return model.predict_proba(f.test_x), details, len(support)
+                        return model.predict_proba(x), details, len(support)
 
-                    return _timed(fit, f if task.resplit else None)
+                    x, n_test = f.evaluation_x()
+                    return _timed(fit, f if task.resplit else None, n_test)
 
                 yield cell, compute
 
@@ -327,7 +360,9 @@ def linear_probe_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cel
             def compute(adapter=adapter, view=view) -> Outcome:
                 f = view()
                 return _timed(
-                    lambda: _fit_probe(adapter, f, n_classes), f if task.resplit else None
+                    lambda: _fit_probe(adapter, f, n_classes),
+                    f if task.resplit else None,
+                    len(f.test_x),
                 )
 
             yield cell, compute
@@ -336,7 +371,7 @@ def linear_probe_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cel
 def _fit_probe(adapter: str, f: Features, n_classes: int) -> tuple[np.ndarray, dict, int]:
     if adapter == "tuned":
         probs, info = linear_probe.fit_predict_tuned(
-            f.train_x, f.train_y, f.train_groups, f.test_x, n_classes=n_classes, seed=0
+            f.train_x, f.train_y, f.train_groups, f.evaluation_x()[0], n_classes=n_classes, seed=0
         )
         info = {
             **info,
@@ -344,7 +379,9 @@ def _fit_probe(adapter: str, f: Features, n_classes: int) -> tuple[np.ndarray, d
             "val_scores": {str(c): float(s) for c, s in info["val_scores"].items()},
         }
         return probs, info, len(f.train_y)
-    probs = linear_probe.fit_predict_fixed(f.train_x, f.train_y, f.test_x, n_classes=n_classes)
+    probs = linear_probe.fit_predict_fixed(
+        f.train_x, f.train_y, f.evaluation_x()[0], n_classes=n_classes
+    )
     return probs, {"C": linear_probe.PAPER_C, "class_weight": "balanced"}, len(f.train_y)
 
 
@@ -381,6 +418,11 @@ def score(
         seed=0,
         **kwargs,
     )
+    weights = None  # the resamples, drawn once for every extra metric of the cell
+    if extra:
+        weights = metrics.resample_weights(
+            len(features.test_y), groups=features.test_groups, n_resamples=n_resamples, seed=0
+        )
     for name, metric in (extra or {}).items():
         if not isinstance(metric, ExtraMetric):
             metric = ExtraMetric(metric)
@@ -395,6 +437,7 @@ def score(
             seed=0,
             n_classes=kwargs["n_classes"],
             vectorized=metric.vectorized,
+            weights=weights,
         )
     return {
         name: {"value": _num(value), "ci_low": _num(ci[name][0]), "ci_high": _num(ci[name][1])}

@@ -5,7 +5,8 @@ three purposes:
 
 * :func:`compute_metrics` evaluates one weight vector (all ones, or ``sample_weight``);
 * :func:`bootstrap_ci` evaluates a ``[B, N]`` matrix of resample counts at once;
-* :func:`paired_bootstrap_pvalue` evaluates the same matrix for two models.
+* :func:`paired_bootstrap_pvalue` (and :func:`paired_bootstrap_difference`) evaluates the
+  same matrix for two models.
 
 A bootstrap resample is represented by how many times each sample is drawn, so a
 resample's metric equals the metric of the explicitly repeated data. Per resample we need
@@ -148,11 +149,13 @@ def custom_metric_ci(
     seed: int = 0,
     n_classes: int | None = None,
     vectorized: bool = False,
+    weights: np.ndarray | None = None,
 ) -> tuple[float, tuple[float, float]]:
     """A plugin's metric ``fn(y_true, probs, *, n_classes, sample_weight) -> float``: its
     point value and percentile interval over the resamples :func:`bootstrap_ci` draws for
     the same ``seed``. A ``vectorized`` metric gets all ``[B, N]`` resample weights in one
-    call and returns ``[B]`` values; any other is called once per resample."""
+    call and returns ``[B]`` values; any other is called once per resample. ``weights``:
+    that matrix when the caller already drew it (several metrics of one cell)."""
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     n_classes = int(n_classes if n_classes is not None else probs.shape[1])
 
@@ -161,7 +164,8 @@ def custom_metric_ci(
         return float(out) if out is not None else _NAN
 
     point = value(None)
-    weights = resample_weights(len(y_true), groups=groups, n_resamples=n_resamples, seed=seed)
+    if weights is None:
+        weights = resample_weights(len(y_true), groups=groups, n_resamples=n_resamples, seed=seed)
     if vectorized:
         resampled = np.asarray(
             fn(y_true, probs, n_classes=n_classes, sample_weight=weights.astype(np.float64)),
@@ -199,9 +203,53 @@ def paired_bootstrap_pvalue(
 
     i.e. twice the bootstrap tail beyond zero, with the usual +1 so that a finite number
     of resamples never reports p = 0. ``d == 0`` gives 1; an undefined ``d`` gives nan.
+
+    With ``groups`` (e.g. hashed patient ids, one per image) the resamples are a cluster
+    bootstrap: whole groups are drawn, so both eyes of a patient are in or out together
+    and errors correlated within a patient are not counted as independent evidence.
+    Without them every image is resampled on its own. See
+    :func:`paired_bootstrap_difference` for the interval of ``d`` as well.
     """
+    return paired_bootstrap_difference(
+        y_true,
+        probs_a,
+        probs_b,
+        metric=metric,
+        groups=groups,
+        n_resamples=n_resamples,
+        seed=seed,
+        ordinal=ordinal,
+    ).p_value
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``metric(A) - metric(B)`` on the same images and its paired bootstrap."""
+
+    difference: float  # observed, on all images
+    interval: tuple[float, float]  # percentile interval of the resampled differences
+    p_value: float  # as :func:`paired_bootstrap_pvalue` defines it
+
+
+def paired_bootstrap_difference(
+    y_true: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    *,
+    metric: str,
+    groups: np.ndarray | Sequence[Hashable] | None = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    ordinal: bool = False,
+) -> PairedDifference:
+    """The paired bootstrap of :func:`paired_bootstrap_pvalue` (same resamples for the
+    same ``seed`` and ``groups``): the observed difference, the ``confidence`` percentile
+    interval of the resampled differences (nan where undefined in all) and the p-value."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     ordinal = ordinal or metric == "kappa"
     problem_a = _Problem.build(y_true, probs_a, ordinal=ordinal)
     problem_b = _Problem.build(y_true, probs_b, ordinal=ordinal)
@@ -218,7 +266,11 @@ def paired_bootstrap_pvalue(
     rng = np.random.default_rng(seed)
     chunks = _weight_chunks(problem_a.n_samples, groups, n_resamples, rng)
     resampled = np.concatenate([difference(w) for w in chunks])
-    return _sign_flip_pvalue(observed, resampled)
+    return PairedDifference(
+        difference=observed,
+        interval=_percentile_interval(resampled, confidence),
+        p_value=_sign_flip_pvalue(observed, resampled),
+    )
 
 
 def holm_correction(pvalues: Sequence[float]) -> list[float]:

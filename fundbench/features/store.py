@@ -73,9 +73,20 @@ class ExtractionStats:
     forward_s: float = 0.0
     total_s: float = 0.0
     decode_wait_s: float = 0.0
+    #: peak memory while extracting, in MiB: the device's allocator peak on CUDA, else the
+    #: process's peak resident set (an upper bound: it includes everything else the process
+    #: holds)
+    peak_memory_mib: float = 0.0
+
+    @property
+    def images_per_s(self) -> float | None:
+        """Forward-pass throughput (images per second of the model's own time)."""
+        return self.images / self.forward_s if self.images and self.forward_s > 0 else None
 
     def as_dict(self) -> dict:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in vars(self).items()}
+        data = {k: round(v, 4) if isinstance(v, float) else v for k, v in vars(self).items()}
+        rate = self.images_per_s
+        return {**data, "images_per_s": round(rate, 2) if rate else None}
 
 
 @dataclass
@@ -230,6 +241,8 @@ class FeatureStore:
         images = DecodedImages(list(items.items()), [stage_of(j.model, j.todo) for j in jobs])
         loader_batch = max(job.forward.size for job in jobs)
         device = torch.device(jobs[0].model.device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         done, t0 = 0, time.perf_counter()
         for indices, per_job in batches(images, loader_batch, self.options, device):
             waited = time.perf_counter() - t0
@@ -250,8 +263,10 @@ class FeatureStore:
                 interrupt.check()
             t0 = time.perf_counter()
         elapsed = time.perf_counter() - start
+        peak = peak_memory_mib(device)
         for job in jobs:
             job.stats.total_s += elapsed
+            job.stats.peak_memory_mib = max(job.stats.peak_memory_mib, peak)
 
     def _flush(self, job: _Job) -> None:
         if job.pending_ids:
@@ -310,6 +325,20 @@ def _read_shard(path: Path) -> tuple[list[str], np.ndarray] | None:
                 path.unlink()  # never a good shard another run renamed over it meanwhile
         return None
     return ids, x
+
+
+def peak_memory_mib(device) -> float:
+    """The device allocator's peak on CUDA since the last reset; else this process's peak
+    resident set size."""
+    import torch
+
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 @dataclass

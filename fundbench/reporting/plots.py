@@ -122,3 +122,25 @@ def confusion_matrix(
     ax.set(xlabel="predicted", ylabel="true", title=title)
     ax.tick_params(labelsize=7)
     return to_data_uri(fig)
+
+
+@styled
+def reliability_diagram(
+    y_true: list[int], probs: list[list[float]], title: str, bins: int = 15
+) -> str:
+    """Top-label reliability: accuracy against mean confidence in equal-width bins (the
+    bins of the ECE), bar widths the bins, the diagonal perfect calibration."""
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(probs, dtype=float)
+    confidence, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    fig, ax = figure(3.0, 3.0)
+    centres = (np.arange(bins) + 0.5) / bins
+    counts = np.bincount(index, minlength=bins)
+    accuracy = np.bincount(index, weights=correct, minlength=bins) / np.maximum(counts, 1)
+    shown = counts > 0
+    ax.bar(centres[shown], accuracy[shown], width=1 / bins, edgecolor="white", color="#4c72b0")
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
+    ax.title.set_fontsize(8)
+    return to_data_uri(fig)

@@ -20,7 +20,8 @@ import pandas as pd
 
 from fundbench.api.errors import DataError
 from fundbench.eval.metrics import holm_correction, paired_bootstrap_pvalue
-from fundbench.reporting import TEMPLATES_DIR, leaderboard, plots
+from fundbench.reporting import TEMPLATES_DIR, clinical, cost, leaderboard, plots
+from fundbench.reporting.diff import Clustering, paired_clustering
 from fundbench.reporting.merge import merge_results
 from fundbench.reporting.reference import reported_vs_reproduced
 from fundbench.runs.records import Predictions, iter_records, load_predictions, tidy
@@ -164,7 +165,9 @@ def _boards(summary: pd.DataFrame, runs: Runs, models: list[str]) -> list[dict]:
 
 def _significance(head: pd.DataFrame, runs: Runs) -> dict[tuple, dict]:
     """Each model's headline cell against the best model's on the same test images, by
-    paired bootstrap; p-values Holm-corrected across datasets per (protocol, model)."""
+    paired bootstrap (clustered by patient where both records carry the same patient ids,
+    else by image, as each mark's title says); p-values Holm-corrected across datasets per
+    (protocol, model)."""
     tests: dict[tuple[str, str], list] = {}
     part = head[(head["metric"] == HEADLINE) & (head["n"] == 1)]
     for (protocol, dataset), rows in part.groupby(["protocol", "dataset"]):
@@ -176,21 +179,25 @@ def _significance(head: pd.DataFrame, runs: Runs) -> dict[tuple, dict]:
             record = _record_for(row._asdict(), runs)
             if row.model == best["model"] or record is None or best_record is None:
                 continue
-            p = _paired_p(runs.predictions(record), runs.predictions(best_record))
+            p, clustering = _paired_test(record, best_record, runs)
             cell = (dataset, row.task, row.adapter)
-            tests.setdefault((protocol, row.model), []).append((cell, p, best["model"]))
+            tests.setdefault((protocol, row.model), []).append((cell, p, clustering, best["model"]))
     marks = {}
     for (protocol, model), items in tests.items():
-        adjusted = holm_correction([p for _, p, _ in items])
-        for ((dataset, task, adapter), p, best), p_holm in zip(items, adjusted, strict=True):
+        adjusted = holm_correction([p for _, p, _, _ in items])
+        for (cell, p, clustering, best), p_holm in zip(items, adjusted, strict=True):
+            dataset, task, adapter = cell
             significant = pd.notna(p_holm) and p_holm < ALPHA
+            comparable = pd.notna(p_holm) and clustering is not None
             marks[(protocol, dataset, model, task, adapter)] = {
                 "mark": "▼" if significant else "≈",
                 "title": (
-                    f"vs {best}: paired bootstrap p = {p:.3g}, Holm-adjusted {p_holm:.3g}"
-                    if pd.notna(p_holm)
+                    f"vs {best}: paired bootstrap p = {p:.3g}, Holm-adjusted {p_holm:.3g}; "
+                    f"{clustering.label}"
+                    if comparable
                     else f"vs {best}: not comparable"
                 ),
+                "clustered_by": clustering.by if comparable else None,
             }
     return marks
 
@@ -208,21 +215,29 @@ def _record_for(row, runs: Runs) -> dict | None:
     return runs.records.get(key)
 
 
-def _paired_p(pa: Predictions | None, pb: Predictions | None) -> float:
+def _paired_test(record: dict, best: dict, runs: Runs) -> tuple[float, Clustering | None]:
+    """The paired bootstrap p-value of ``record``'s headline metric against ``best``'s on
+    the same test images, clustered by patient when both carry the same patient ids
+    (:func:`fundbench.reporting.diff.paired_clustering`), and how it resampled; nan and
+    None for predictions on different images."""
+    pa, pb = runs.predictions(record), runs.predictions(best)
     if (
         pa is None
         or pb is None
         or not (np.array_equal(pa.image_ids, pb.image_ids) and np.array_equal(pa.y_true, pb.y_true))
     ):
-        return float("nan")  # different test images: no paired test
-    return paired_bootstrap_pvalue(
+        return float("nan"), None  # different test images: no paired test
+    clustering = paired_clustering(record, best, pa.patients, pb.patients)
+    p = paired_bootstrap_pvalue(
         pa.y_true,
         pa.probs.astype(float),
         pb.probs.astype(float),
         metric=HEADLINE,
+        groups=clustering.groups,
         n_resamples=SIGNIFICANCE_RESAMPLES,
         seed=0,
     )
+    return p, clustering
 
 
 def _protocol_tables(summary: pd.DataFrame, marks: dict, seen: set) -> list[dict]:
@@ -304,8 +319,8 @@ def _bars(head: pd.DataFrame) -> list[dict]:
     return out
 
 
-def _confusions(head: pd.DataFrame, runs: Runs) -> list[dict]:
-    """Confusion matrices of each (model, dataset) headline single cell, linear probe first."""
+def _headline_cells(head: pd.DataFrame, runs: Runs) -> list[tuple[str, dict]]:
+    """Each (model, dataset)'s headline single cell, linear probe first: (title, record)."""
     out, done = [], set()
     for protocol in ("linear_probe", "zero_shot"):
         part = head[(head["protocol"] == protocol) & (head["metric"] == HEADLINE)]
@@ -315,17 +330,21 @@ def _confusions(head: pd.DataFrame, runs: Runs) -> list[dict]:
                 continue
             done.add((row["model"], row["dataset"]))
             title = f"{row['model']} · {row['dataset']} ({PROTOCOL_LABELS[protocol]})"
-            p = runs.predictions(record)
-            if p is None:
-                continue
-            out.append(
-                {
-                    "title": title,
-                    "plot": plots.confusion_matrix(p.y_true, p.probs, record["classes"], title),
-                }
-            )
-            if len(out) >= MAX_CONFUSION:
-                return out
+            out.append((title, record))
+    return out
+
+
+def _confusions(cells: list[tuple[str, dict]], runs: Runs) -> list[dict]:
+    """Confusion matrices of the headline cells."""
+    out = []
+    for title, record in cells:
+        p = runs.predictions(record)
+        if p is None:
+            continue
+        plot = plots.confusion_matrix(p.y_true, p.probs, record["classes"], title)
+        out.append({"title": title, "plot": plot})
+        if len(out) >= MAX_CONFUSION:
+            break
     return out
 
 
@@ -458,6 +477,7 @@ def render_report(results: str | Path | list, output: str | Path, title: str | N
     models = sorted(set(runs.everything["model"]))
     seen = leaderboard.seen_pairs(summary)
     marks = _significance(head, runs)
+    cells = _headline_cells(head, runs)
     status = runs.everything["status"]
     na = runs.everything[status == "not_applicable"]
     invalid = runs.everything[status == "invalid"]
@@ -474,7 +494,15 @@ def render_report(results: str | Path | list, output: str | Path, title: str | N
         tables=_protocol_tables(summary, marks, seen),
         few_shot=_few_shot(runs, summary),
         bars=_bars(head),
-        confusions=_confusions(head, runs),
+        confusions=_confusions(cells, runs),
+        calibration=clinical.calibration_rows(cells),
+        calibration_metrics=clinical.CALIBRATION,
+        reliability=clinical.reliability(
+            (title, record, runs.predictions(record)) for title, record in cells
+        ),
+        operating=clinical.operating_rows(cells),
+        operating_metrics=clinical.OPERATING,
+        costs=cost.cost_rows(runs.infos),
         reported=_reported(runs),
         not_applicable=na[columns].drop_duplicates().to_dict("records"),
         invalid=invalid[columns].drop_duplicates().to_dict("records"),

@@ -16,9 +16,11 @@ from fundbench.data.contamination import evidence
 from fundbench.data.datasets import Dataset
 from fundbench.data.prompts import load_prompts
 from fundbench.eval.cells import Cell, Context, ExtraMetric, Features, Head, Outcome, score
+from fundbench.eval.post_hoc import post_hoc
 from fundbench.eval.protocols import zero_shot
 from fundbench.features.store import ExtractionStats, FeatureStore
 from fundbench.models.contract import check_embeddings
+from fundbench.runs.plan import task_digest as plan_task_digest
 from fundbench.runs.records import (
     SCHEMA_VERSION,
     Predictions,
@@ -36,8 +38,9 @@ if TYPE_CHECKING:
     from fundbench.runs.engine import ModelRun, RunConfig, RunSummary
 
 #: Bump when protocol code changes numbers for the same inputs (invalidates old records).
-#: 2: the tuned linear probe standardises features; 3: each model's own zero-shot convention
-EVAL_VERSION = "3"
+#: 2: the tuned linear probe standardises features; 3: each model's own zero-shot convention;
+#: 4: heads also predict the val split (a temperature and thresholds chosen there: post_hoc)
+EVAL_VERSION = "4"
 
 
 @dataclass
@@ -104,7 +107,7 @@ class PairPlan:
         )
         plan = []
         for task in mr.tasks:
-            task_digest = digest_of(task.__dict__ | {"source": None})
+            task_digest = plan_task_digest(task)
             for cell, compute in host.protocols.get(task.protocol).obj(ctx, task):
                 fingerprint = digest_of(
                     {
@@ -201,8 +204,22 @@ class PairPlan:
                     self.extra_metrics,
                 )
                 record["contamination"] = self.base["contamination"]
+                record["cost"] = self.cost()
                 yield record
                 progress.advance(bar)
+
+    def cost(self) -> dict:
+        """The model's size and, when this invocation embedded images, its extraction
+        throughput and peak memory on the run's device (None when all were cached)."""
+        description = self.run.facts.describe()
+        stats = self.stats
+        return {
+            "embed_dim": description.get("embed_dim"),
+            "parameters": description.get("parameters"),
+            "images_per_s": round(stats.images_per_s, 2) if stats.images_per_s else None,
+            "peak_memory_mib": stats.peak_memory_mib or None,
+            "device": self.provenance.get("device"),
+        }
 
     @property
     def needs_text(self) -> bool:
@@ -348,6 +365,19 @@ def _record(
     t0 = time.perf_counter()
     f = outcome.features or ctx.features
     metrics = score(dataset, f, outcome.probs, task.bootstrap, extra_metrics)
+    chosen_on_val = (
+        post_hoc(
+            f.val_y,
+            outcome.val_probs,
+            f.test_y,
+            outcome.probs,
+            test_groups=f.test_groups,
+            n_classes=len(classes),
+            n_resamples=task.bootstrap,
+        )
+        if outcome.val_probs is not None and f.val_y is not None
+        else None
+    )
     return {
         **record,
         "status": "ok",
@@ -359,9 +389,11 @@ def _record(
             "method": "percentile bootstrap",
             "n_resamples": task.bootstrap,
             "confidence": 0.95,
-            "clustered_by": "patient",
+            "clustered_by": "patient" if dataset.patients_known else "image",
         },
         "details": outcome.details,
+        # temperature and operating thresholds chosen on val, frozen for test
+        **({"post_hoc": chosen_on_val} if chosen_on_val else {}),
         # written by write_record as a sidecar beside the record, referenced by its digest
         "predictions": Predictions.of(
             f.test_ids,
