@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("FUNDBENCH_CACHE", tempfile.mkdtemp(prefix="fundbench-test-cache-"))
 
 import toy_plugin  # noqa: E402  (tests/ is on sys.path via rootdir conftest)
-from toy_data import TOY_CLASSES, make_toy_csv_dataset  # noqa: E402,F401
+from toy_data import make_toy_csv_dataset  # noqa: E402
 
 from fundbench.host.loading import Host  # noqa: E402
 from fundbench.host.registry import PluginInfo  # noqa: E402

@@ -386,3 +386,20 @@ def test_diff_by_image_for_a_dataset_without_patient_ids(toy_results, copy):
 def test_records_of_a_dataset_without_patient_ids_say_clustered_by_image(toy_results):
     by_dataset = {r["cell"]["dataset"]: r["ci"]["clustered_by"] for r in iter_records(toy_results)}
     assert by_dataset == {"toy_csv": "patient", "toy_nopatients": "image"}
+
+
+def test_no_paired_test_between_predictions_of_different_classes():
+    from fundbench.reporting.report import _paired_test
+    from fundbench.runs.records import Predictions
+
+    a = Predictions.of(["i1", "i2"], [0, 1], [[0.9, 0.1], [0.2, 0.8]], patients=["p", "p"])
+    b = Predictions.of(
+        ["i1", "i2"], [0, 1], [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]], patients=["p", "p"]
+    )
+
+    class Runs:  # what _paired_test reads of a report's runs
+        def predictions(self, record):
+            return record["p"]
+
+    p, clustering = _paired_test({"p": a}, {"p": b}, Runs())
+    assert np.isnan(p) and clustering is None  # instead of failing the whole report

@@ -225,8 +225,9 @@ def _paired_test(record: dict, best: dict, runs: Runs) -> tuple[float, Clusterin
         pa is None
         or pb is None
         or not (np.array_equal(pa.image_ids, pb.image_ids) and np.array_equal(pa.y_true, pb.y_true))
+        or pa.probs.shape != pb.probs.shape
     ):
-        return float("nan"), None  # different test images: no paired test
+        return float("nan"), None  # different test images or classes: no paired test
     clustering = paired_clustering(record, best, pa.patients, pb.patients)
     p = paired_bootstrap_pvalue(
         pa.y_true,
