@@ -317,10 +317,6 @@ class LoggerSpec(Spec):
     event hooks; it is attached to the plugin manager for one run (``--logger NAME``)."""
 
 
-#: kinds whose registrations carry only a description
-DescribedSpec = Spec
-
-
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """``value`` checked against the annotation ``hint`` (mappings become dataclasses,
     lists tuples)."""

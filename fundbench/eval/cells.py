@@ -405,6 +405,7 @@ def score(
     probs: np.ndarray,
     n_resamples: int,
     extra: ExtraMetrics | None = None,
+    weights: np.ndarray | None = None,
 ) -> dict:
     """Point metrics with patient-clustered bootstrap CIs: the built-in set, vectorised
     over resamples, and each ``extra`` metric evaluated on the same resample weights."""
@@ -418,8 +419,7 @@ def score(
         seed=0,
         **kwargs,
     )
-    weights = None  # the resamples, drawn once for every extra metric of the cell
-    if extra:
+    if extra and weights is None:  # the resamples, drawn once for every extra metric
         weights = metrics.resample_weights(
             len(features.test_y), groups=features.test_groups, n_resamples=n_resamples, seed=0
         )

@@ -43,15 +43,18 @@ def post_hoc(
     test_groups: np.ndarray,
     n_classes: int,
     n_resamples: int,
+    weights: np.ndarray | None = None,
 ) -> dict | None:
-    """The record's ``post_hoc`` section, or None without usable validation data."""
+    """The record's ``post_hoc`` section, or None without usable validation data.
+    ``weights``: the cell's resample weights when already drawn (the same ones)."""
     val_y, test_y = np.asarray(val_y), np.asarray(test_y)
     if val_probs is None or len(val_y) == 0 or len(np.unique(val_y)) < 2:
         return None
     temperature = calibration.fit_temperature(val_probs, val_y)
     scaled = calibration.apply_temperature(test_probs, temperature)
     metrics = {}
-    weights = resample_weights(len(test_y), groups=test_groups, n_resamples=n_resamples, seed=0)
+    if weights is None:
+        weights = resample_weights(len(test_y), groups=test_groups, n_resamples=n_resamples, seed=0)
     for name, fn in CALIBRATION_METRICS.items():
         value, (low, high) = custom_metric_ci(
             fn, test_y, scaled, n_classes=n_classes, vectorized=True, weights=weights

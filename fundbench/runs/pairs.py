@@ -16,6 +16,7 @@ from fundbench.data.contamination import evidence
 from fundbench.data.datasets import Dataset
 from fundbench.data.prompts import load_prompts
 from fundbench.eval.cells import Cell, Context, ExtraMetric, Features, Head, Outcome, score
+from fundbench.eval.metrics import resample_weights
 from fundbench.eval.post_hoc import post_hoc
 from fundbench.eval.protocols import zero_shot
 from fundbench.features.store import ExtractionStats, FeatureStore
@@ -364,7 +365,11 @@ def _record(
         return {**record, "status": status, "reason": outcome.reason}
     t0 = time.perf_counter()
     f = outcome.features or ctx.features
-    metrics = score(dataset, f, outcome.probs, task.bootstrap, extra_metrics)
+    # one draw of the patient-clustered resamples serves the extra metrics and post_hoc
+    weights = resample_weights(
+        len(f.test_y), groups=f.test_groups, n_resamples=task.bootstrap, seed=0
+    )
+    metrics = score(dataset, f, outcome.probs, task.bootstrap, extra_metrics, weights)
     chosen_on_val = (
         post_hoc(
             f.val_y,
@@ -374,6 +379,7 @@ def _record(
             test_groups=f.test_groups,
             n_classes=len(classes),
             n_resamples=task.bootstrap,
+            weights=weights,
         )
         if outcome.val_probs is not None and f.val_y is not None
         else None
