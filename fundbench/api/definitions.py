@@ -224,7 +224,21 @@ class TaskDefinition:
     #: training pool, "val" or "test"), over its protocol's ``selects_on``: {threshold: val}.
     #: A run refuses any that reads test (fundbench.runs.protocol_check)
     selection: dict = field(default_factory=dict)
+    #: the datasets this task applies to (empty: every dataset of the suite)
+    datasets: tuple[str, ...] = ()
+    #: image probabilities aggregated to the eye and the patient, and scored there too:
+    #: level ("eye" or "patient") -> how ("mean" or "max")
+    levels: dict = field(default_factory=dict)
+    #: a shift task's (source, target, class mapping) pairs: fit on the source's train
+    #: split, test on the target's test split
+    shifts: tuple[Shift, ...] = ()
+    #: protocol-specific settings (e.g. a fine-tuning preset and its overrides), checked by
+    #: the protocol when the run plans its cells
+    options: dict = field(default_factory=dict)
     source: str = "<python>"
+
+    def applies_to(self, dataset_id: str) -> bool:
+        return not self.datasets or dataset_id in self.datasets
 
     @classmethod
     def from_mapping(cls, data: dict, source: str = "<python>") -> TaskDefinition:
@@ -262,8 +276,98 @@ class TaskDefinition:
             description=_text(data.get("description", ""), "description", source),
             resplit=resplit,
             selection=_selection(data.get("selection"), source),
+            datasets=_names(data.get("datasets"), "datasets", source, empty=True),
+            levels=_levels(data.get("levels"), source),
+            shifts=tuple(
+                Shift.from_mapping(s, f"{source} (shifts[{i}])")
+                for i, s in enumerate(_list(data.get("shifts"), "shifts", source))
+            ),
+            options=dict(_mapping(data.get("options"), "options", source)),
             source=source,
         )
+
+
+#: how image probabilities become an eye's or a patient's
+AGGREGATIONS = ("mean", "max")
+LEVELS = ("eye", "patient")
+
+
+def _levels(value: Any, source: str) -> dict[str, str]:
+    levels = _mapping(value, "levels", source)
+    for level, how in levels.items():
+        if level not in LEVELS:
+            raise ConfigError(f"{source}: levels.{level} is not a level; use {' or '.join(LEVELS)}")
+        if how not in AGGREGATIONS:
+            raise ConfigError(
+                f"{source}: levels.{level} must be {' or '.join(AGGREGATIONS)} (how image "
+                f"probabilities are aggregated), got {how!r:.80}"
+            )
+    return dict(levels)
+
+
+def _list(value: Any, key: str, source: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{source}: key {key!r} must be a list, got {_kind(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One domain shift: fit on ``source``'s train split, test on ``target``'s test split.
+
+    ``mapping`` takes each source class name to a target class name (or null: those images
+    are left out of the fit); empty, classes are matched by name."""
+
+    source: str
+    target: str
+    mapping: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str) -> Shift:
+        data = _mapping(data, "shift", source)
+        _check_keys(data, {"source", "target", "mapping"}, source)
+        mapping = _mapping(data.get("mapping"), "mapping", source)
+        odd = [v for v in mapping.values() if v is not None and not isinstance(v, str)]
+        if odd or not all(isinstance(k, str) for k in mapping):
+            raise ConfigError(f"{source}: 'mapping' must map class names to class names or null")
+        shift = cls(
+            _name(_require(data, "source", source), "source", source),
+            _name(_require(data, "target", source), "target", source),
+            dict(mapping),
+        )
+        if shift.source == shift.target:
+            raise ConfigError(f"{source}: a shift needs two datasets, got {shift.source!r} twice")
+        return shift
+
+    def class_map(self, source_classes: tuple[str, ...], target_classes: tuple[str, ...]):
+        """Source class index -> target class index (None: not fitted on), checked."""
+        where = f"shift {self.source} -> {self.target}"
+        if self.mapping:
+            stray = sorted(set(self.mapping) - set(source_classes))
+            wrong = sorted(
+                {v for v in self.mapping.values() if v is not None} - set(target_classes)
+            )
+            if stray or wrong:
+                raise ConfigError(
+                    f"{where}: mapping names {stray or wrong}, which are not classes of "
+                    f"{self.source if stray else self.target!r}; fix the task's mapping"
+                )
+            names = {c: self.mapping.get(c) for c in source_classes}
+        else:
+            names = {c: c if c in target_classes else None for c in source_classes}
+        index = {c: i for i, c in enumerate(target_classes)}
+        out = {
+            i: index[names[c]] if names[c] is not None else None
+            for i, c in enumerate(source_classes)
+        }
+        if len({v for v in out.values() if v is not None}) < 2:
+            raise ConfigError(
+                f"{where}: fewer than two of {self.source}'s classes map to {self.target}'s "
+                f"({list(target_classes)}); declare a 'mapping' in the task"
+            )
+        return out
 
 
 def _selection(value: Any, source: str) -> dict[str, str]:

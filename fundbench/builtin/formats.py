@@ -36,8 +36,11 @@ def dataset_dir(definition: DatasetDefinition, data_root: Path | None) -> Path:
     return path
 
 
-def read_csv_table(csv_path: Path, base: Path, columns: dict[str, str]) -> pd.DataFrame:
-    """Read a label CSV, rename its columns to ours and make image paths absolute."""
+def read_csv_table(
+    csv_path: Path, base: Path, columns: dict[str, str], attributes: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Read a label CSV, rename its columns to ours and make image paths absolute.
+    ``attributes``: the subgroup columns the definition declares (names mappable too)."""
     if not csv_path.exists():
         raise DataError(f"{csv_path}: label file not found")
     try:
@@ -52,10 +55,18 @@ def read_csv_table(csv_path: Path, base: Path, columns: dict[str, str]) -> pd.Da
                 f"{csv_path}: missing {ours} column {theirs!r}; "
                 f"found {list(raw.columns)}; set options.columns.{ours}"
             )
+    absent = [a for a in attributes if columns.get(a, a) not in raw.columns]
+    if absent:
+        raise DataError(
+            f"{csv_path}: no column(s) {[columns.get(a, a) for a in absent]} for the declared "
+            f"attribute(s) {absent}; found {list(raw.columns)}; set options.columns or "
+            "remove them from 'attributes'"
+        )
+    core = ("path", "label", "patient", "eye", "split", "caption")
     table = pd.DataFrame(
         {
             ours: raw[columns.get(ours, ours)]
-            for ours in ("path", "label", "patient", "eye", "split", "caption")
+            for ours in dict.fromkeys((*core, *attributes))
             if columns.get(ours, ours) in raw.columns
         }
     )
@@ -70,7 +81,12 @@ def read_csv(definition: DatasetDefinition, data_root: Path | None) -> pd.DataFr
     with columns path, label and optionally patient, eye, split, caption (names mappable)."""
     folder = dataset_dir(definition, data_root)
     columns = dict(definition.options.get("columns") or {})
-    return read_csv_table(folder / definition.options.get("file", "labels.csv"), folder, columns)
+    return read_csv_table(
+        folder / definition.options.get("file", "labels.csv"),
+        folder,
+        columns,
+        definition.attributes,
+    )
 
 
 def read_imagefolder(definition: DatasetDefinition, data_root: Path | None) -> pd.DataFrame:

@@ -132,6 +132,12 @@ def _details(entry) -> str:
                 f"; per-class re-split: test {r['test']:.0%}, train {r['train']:.0%}, "
                 f"{r['folds']} fold(s)"
             )
+        if obj.shifts:
+            extra += f"; {len(obj.shifts)} source -> target pairs"
+        if obj.levels:
+            extra += "; " + ", ".join(f"{lv} level ({how})" for lv, how in obj.levels.items())
+        if obj.datasets:
+            extra += f"; only {', '.join(obj.datasets)}"
         return f"{obj.protocol}: {', '.join(obj.adapters)}{extra}"
     if hasattr(obj, "datasets"):
         return f"{len(obj.datasets)} datasets x {', '.join(obj.tasks)}"
@@ -186,7 +192,11 @@ def run(
         [], "--dataset", "-d", help="Dataset (repeatable); overrides the suite's."
     ),
     task: list[str] = typer.Option(
-        [], "--task", "-t", help="zero_shot | few_shot | linear_probe (repeatable)."
+        [],
+        "--task",
+        "-t",
+        help="Task (repeatable), e.g. linear_probe or synth_shift; overrides the suite's "
+        "(`fundbench list tasks`).",
     ),
     weights: list[str] = typer.Option([], help="[NAME=]PATH of a checkpoint (repeatable)."),
     model_arg: list[str] = typer.Option([], help="MODEL.OPTION=VALUE passed to the model factory."),

@@ -76,7 +76,11 @@ def build_dataset(
     patients_known = "patient" in table
     if not patients_known:
         table["patient"] = table["path"].astype(str)  # no ids: every image its own patient
-    table["patient"] = table["patient"].astype(str)
+    # a blank id is unknown, not one patient shared by every such image
+    blank = table["patient"].isna() | (table["patient"].astype(str).str.strip() == "")
+    table["patient"] = table["patient"].astype(str).str.strip()
+    table.loc[blank, "patient"] = "image:" + table.loc[blank, "path"].astype(str)
+    patients_known = patients_known and not blank.all()
     if "eye" not in table:
         table["eye"] = ""
     table["eye"] = table["eye"].fillna("").astype(str)

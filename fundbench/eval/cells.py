@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -25,6 +26,10 @@ from fundbench.eval import heads as adapter_lib
 from fundbench.eval import metrics
 from fundbench.eval.protocols import linear_probe, sampling, zero_shot
 from fundbench.models.contract import text_tower_problem
+
+if TYPE_CHECKING:
+    from fundbench.api.model import Model
+    from fundbench.api.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -38,9 +43,13 @@ class Cell:
     adapter: str
     k: int | None = None
     seed: int | None = None
+    #: a domain-shift cell's source dataset (fitted there; ``dataset`` is the target)
+    source: str | None = None
 
     def filename(self) -> str:
         parts = [self.adapter]
+        if self.source is not None:
+            parts.append(f"from-{self.source}")
         if self.k is not None:
             parts.append(f"k{self.k}")
         if self.seed is not None:
@@ -58,7 +67,11 @@ class Cell:
         )
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Its fields; ``source`` only when set (so other cells' fingerprints are unchanged)."""
+        fields = asdict(self)
+        if fields["source"] is None:
+            del fields["source"]
+        return fields
 
 
 def _safe(name: str) -> str:
@@ -84,6 +97,10 @@ class Features:
     #: temperature or an operating threshold are made here, then frozen for test
     val_x: np.ndarray | None = None
     val_y: np.ndarray | None = None
+    #: each test image's eye ("" when unknown), for eye-level aggregation
+    test_eyes: np.ndarray | None = None
+    #: the dataset's declared subgroup attributes of each test image (name -> values)
+    test_attrs: dict[str, np.ndarray] = field(default_factory=dict)
 
     def evaluation_x(self) -> tuple[np.ndarray, int]:
         """The images a fitted head predicts: test, then val (when there is one), and the
@@ -110,6 +127,12 @@ class Features:
         return Features(x[tr], y[tr], groups[tr], ids[tr], x[te], y[te], groups[te], ids[te])
 
     @classmethod
+    def labels_only(cls, dataset: Dataset) -> Features:
+        """The dataset's splits, labels, patients, eyes and attributes without embeddings
+        (zero-width ``x``): for protocols that train on the images themselves."""
+        return cls.from_dataset(dataset, np.zeros((len(dataset.table), 0), dtype=np.float32))
+
+    @classmethod
     def from_dataset(cls, dataset: Dataset, x: np.ndarray) -> Features:
         table = dataset.table
         # Adapters and probes fit on the train split only (the tuned probe carves its own
@@ -118,6 +141,11 @@ class Features:
         test = (table["split"] == "test").to_numpy()
         val = (table["split"] == "val").to_numpy()
         ids = table["sha256"].str[:16].to_numpy()
+        attrs = {
+            name: table[name].fillna("").astype(str).to_numpy()[test]
+            for name in dataset.definition.attributes
+            if name in table
+        }
         return cls(
             x[fit],
             table["label"].to_numpy()[fit],
@@ -130,6 +158,8 @@ class Features:
             pool=(x, table["label"].to_numpy(), table["patient"].to_numpy(), ids),
             val_x=x[val],
             val_y=table["label"].to_numpy()[val],
+            test_eyes=table["eye"].to_numpy()[test] if "eye" in table else None,
+            test_attrs=attrs,
         )
 
 
@@ -150,6 +180,18 @@ class Outcome:
     val_probs: np.ndarray | None = None
 
 
+@dataclass
+class Source:
+    """A dataset another cell is fitted on, with the same model's features of it."""
+
+    dataset: Dataset
+    load_features: Callable[[], Features]
+
+    @functools.cached_property
+    def features(self) -> Features:
+        return self.load_features()
+
+
 class Context:
     """Everything a protocol needs about one (model, dataset) pair.
 
@@ -167,6 +209,12 @@ class Context:
         load_features: Callable[[], Features],
         load_text_weights: Callable[[], np.ndarray],
         heads: Mapping[str, Head] | None = None,
+        load_model: Callable[[], Model] | None = None,
+        load_source: Callable[[str], Source | None] | None = None,
+        device: str = "cpu",
+        work_dir: Path | None = None,
+        identity: Mapping | None = None,
+        model_spec: ModelSpec | None = None,
     ) -> None:
         self.model_name = model_name
         self.dataset = dataset
@@ -177,6 +225,41 @@ class Context:
         self._load_text_weights = load_text_weights
         #: the few-shot heads a task may name (registered by plugins)
         self.heads: Mapping[str, Head] = heads if heads is not None else BUILTIN_HEADS
+        self._load_model = load_model
+        self._load_source = load_source
+        self._sources: dict[str, Source | None] = {}
+        #: the run's device (protocols that train use it)
+        self.device = device
+        #: a folder for what a protocol keeps between invocations (fine-tuning checkpoints),
+        #: keyed by the protocol itself; None when the run keeps nothing
+        self.work_dir = work_dir
+        #: the digests that identify the model and data of this pair (weights, preprocessing,
+        #: dataset manifest, eval version...): part of every key a protocol derives
+        self.identity: Mapping = identity or {}
+        #: the model's registration (what it declares: modalities, fine-tuning...), when known
+        self.model_spec = model_spec
+
+    @property
+    def model(self) -> Model:
+        """The built model (built on first use): for protocols that need more than its
+        cached embeddings. Frozen-feature protocols never touch it."""
+        if self._load_model is None:
+            raise RuntimeError(f"no model is available to protocols for {self.model_name!r}")
+        return self._load_model()
+
+    def source(self, dataset_id: str) -> Source | None:
+        """Another dataset of this run and this model's embeddings of it (a shift task's
+        source), or None when it is not in the run. Its features load on first use."""
+        if self._load_source is None:
+            return None
+        if dataset_id not in self._sources:
+            self._sources[dataset_id] = self._load_source(dataset_id)
+        return self._sources[dataset_id]
+
+    @functools.cached_property
+    def labels(self) -> Features:
+        """The dataset's splits and labels without embeddings (see :meth:`Features.labels_only`)."""
+        return Features.labels_only(self.dataset)
 
     @functools.cached_property
     def features(self) -> Features:

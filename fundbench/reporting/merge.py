@@ -14,7 +14,7 @@ from fundbench.api.errors import DataError
 from fundbench.reporting.leaderboard import describe_cell
 from fundbench.runs.records import load_results
 
-_CELL_KEYS = ["model", "dataset", "task", "protocol", "adapter", "k", "seed", "metric"]
+_CELL_KEYS = ["model", "dataset", "task", "protocol", "adapter", "k", "seed", "source", "metric"]
 
 
 def merge_results(folders: Sequence[str | Path | tuple[str | Path, pd.DataFrame]]) -> pd.DataFrame:

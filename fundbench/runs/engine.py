@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import signal
 import time
 from collections.abc import Callable
@@ -153,9 +154,12 @@ def resolve_plan(
 
 
 def check_protocol(task: TaskDefinition, host: Host) -> None:
-    """The task's protocol and adapters are registered (plugins may add both)."""
+    """The task's protocol and adapters are registered (plugins may add both), and so are
+    the datasets it names (``datasets``, its shifts' sources and targets)."""
     try:
         protocol = host.protocols.get(task.protocol)
+        for name in (*task.datasets, *(n for s in task.shifts for n in (s.source, s.target))):
+            host.datasets.get(name)
     except ConfigError as exc:
         raise ConfigError(f"task {task.name!r} ({task.source}): {exc}") from None
     allowed = set(host.heads.names()) if protocol.spec.uses_heads else set(protocol.spec.adapters)
@@ -303,6 +307,8 @@ def _run(
             for d in datasets.values()
         },
         "missing_datasets": missing,
+        # the report's headings for plugin protocols too
+        "protocols": {e.name: {"label": e.spec.label} for e in host.protocols if e.spec.label},
         "environment": environment(config.device),
         "plugin_problems": host.problems,
     }
@@ -465,7 +471,12 @@ def worker_pair(ticket: UnitTicket, host: Host) -> tuple[PairPlan, FeatureStore]
             "every node must see the same files at the same paths"
         )
     store = feature_store(config)
-    pair = PairPlan.make(mr, dataset, config, store, host)
+
+    def other(name: str) -> Dataset | None:  # a shift task's source, read on this worker too
+        entries = [e for e in plan.dataset_entries if e.name == name]
+        return _load_datasets(config, entries, host, plan.run_file)[0][name] if entries else None
+
+    pair = PairPlan.make(mr, dataset, config, store, host, functools.cache(other))
     pair.keep_only(set(ticket.pending))
     return pair, store
 
@@ -662,11 +673,11 @@ def _plan_checked(
     for name, dataset in list(datasets.items()):
         mine = [u for u in units if u.dataset == name]
         runs = [built[u.spec.key] for u in mine]
-        pairs = [PairPlan.make(mr, dataset, config, store, host) for mr in runs]
+        pairs = [PairPlan.make(mr, dataset, config, store, host, datasets.get) for mr in runs]
         for k, pair in enumerate(pairs):
             if pair.pending and not pair.run.is_built:  # planned from stored facts: build
                 pair.run.model  # noqa: B018 - the model's own facts replace the stored ones
-                pairs[k] = PairPlan.make(pair.run, dataset, config, store, host)
+                pairs[k] = PairPlan.make(pair.run, dataset, config, store, host, datasets.get)
         todo: set[str] = set()
         for pair in pairs:
             if pair.needs_features:
@@ -680,7 +691,7 @@ def _plan_checked(
             shown = "; ".join(f"{p} ({why})" for p, why in sorted(bad.items()))
             warn(f"{name}: skipping {len(bad)} image(s) that cannot be decoded: {shown}")
             dataset = datasets[name] = without_images(dataset, bad)
-            pairs = [PairPlan.make(mr, dataset, config, store, host) for mr in runs]
+            pairs = [PairPlan.make(mr, dataset, config, store, host, datasets.get) for mr in runs]
         elif bad:
             failures += [f"{p}: cannot decode image ({why})" for p, why in sorted(bad.items())]
         plans.update({u.id: pair for u, pair in zip(mine, pairs, strict=True)})

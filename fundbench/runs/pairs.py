@@ -15,7 +15,17 @@ from fundbench.api.definitions import TaskDefinition, digest_of
 from fundbench.data.contamination import evidence
 from fundbench.data.datasets import Dataset
 from fundbench.data.prompts import load_prompts
-from fundbench.eval.cells import Cell, Context, ExtraMetric, Features, Head, Outcome, score
+from fundbench.eval import slices
+from fundbench.eval.cells import (
+    Cell,
+    Context,
+    ExtraMetric,
+    Features,
+    Head,
+    Outcome,
+    Source,
+    score,
+)
 from fundbench.eval.metrics import resample_weights
 from fundbench.eval.post_hoc import post_hoc
 from fundbench.eval.protocols import zero_shot
@@ -61,11 +71,20 @@ class PairPlan:
     text_protocols: frozenset[str] = frozenset()
     #: plugin metrics scored beside the built-in ones
     extra_metrics: dict | None = None
+    #: protocols that train on the images and never read cached embeddings
+    image_protocols: frozenset[str] = frozenset()
 
     @classmethod
     def make(
-        cls, mr: ModelRun, dataset: Dataset, config: RunConfig, store: FeatureStore, host: Host
+        cls,
+        mr: ModelRun,
+        dataset: Dataset,
+        config: RunConfig,
+        store: FeatureStore,
+        host: Host,
+        datasets: Callable[[str], Dataset | None] | None = None,
     ) -> PairPlan:
+        """``datasets`` finds the run's other datasets by id (the sources of shift tasks)."""
         entry, model = mr.entry, mr.facts
         prompts = load_prompts(dataset.definition, config.prompts)
         if prompts is not None and config.prompts is None and model.prompt_templates:
@@ -103,19 +122,31 @@ class PairPlan:
             logit_scale=float(model.logit_scale),
             no_text_reason=_no_text_reason(model, dataset, prompts),
             load_features=lambda: Features.from_dataset(dataset, pair.embeddings(config, store)),
+            load_source=lambda name: _source(name, datasets, mr, config, store),
             load_text_weights=lambda: _text_weights(mr.model, dataset, prompts),
             heads={e.name: Head(e.obj, e.spec.uses_text) for e in host.heads},
+            load_model=lambda: mr.model,
+            device=config.device,
+            # protocols' own state (fine-tuning checkpoints) beside the feature cache
+            work_dir=Path(store.root) / ".protocols",
+            identity=base,
+            model_spec=entry.spec,
         )
         plan = []
         for task in mr.tasks:
+            if not task.applies_to(dataset.id):
+                continue
             task_digest = plan_task_digest(task)
             for cell, compute in host.protocols.get(task.protocol).obj(ctx, task):
+                source = ctx.source(cell.source) if cell.source else None
                 fingerprint = digest_of(
                     {
                         **base,
                         "task_digest": task_digest,
                         "cell": cell.as_dict(),
                         "bootstrap": task.bootstrap,
+                        # a shift cell is also the source's data (read through this model)
+                        **({"source_manifest": source.dataset.manifest_digest} if source else {}),
                     }
                 )
                 # the folder's fingerprint index answers; no record or sidecar is read
@@ -151,6 +182,7 @@ class PairPlan:
                 e.name: ExtraMetric(e.obj, e.spec.vectorized, e.spec.binary_only)
                 for e in host.metrics
             },
+            frozenset(e.name for e in host.protocols if not e.spec.reads_features),
         )
         return pair  # the context's feature loader above extracts through this pair
 
@@ -164,7 +196,11 @@ class PairPlan:
         if self.modality_reason:
             return False
         text_free = self.ctx.no_text_reason is None
-        return any(p[0].protocol != "zero_shot" or text_free for p in self.pending)
+        return any(
+            (p[0].protocol != "zero_shot" or text_free)
+            and p[0].protocol not in self.image_protocols
+            for p in self.pending
+        )
 
     def compute(
         self, config: RunConfig, summary: RunSummary, on_record: OnRecord | None = None
@@ -233,17 +269,7 @@ class PairPlan:
 
     def embeddings(self, config: RunConfig, store: FeatureStore) -> np.ndarray:
         """The dataset's embeddings [N, D] in table order, extracting what is not cached."""
-        table = self.dataset.table
-        name = self.run.entry.name
-        with progress_callback(f"embedding {self.dataset.id} with {name}") as report:
-            return store.embeddings(
-                self.run.model,
-                table["path"].tolist(),
-                table["sha256"].tolist(),
-                batch_size=config.batch_size,
-                progress=report,
-                stats=self.stats,
-            )
+        return _embeddings(self.run, self.dataset, config, store, self.stats)
 
     def text_embeddings(self) -> np.ndarray:
         """The class text embeddings of the dataset's prompts (builds the model)."""
@@ -256,6 +282,42 @@ class PairPlan:
             self.ctx.features = Features.from_dataset(self.dataset, x)
         if text_weights is not None:
             self.ctx.text_weights = text_weights
+
+
+def _embeddings(
+    mr: ModelRun,
+    dataset: Dataset,
+    config: RunConfig,
+    store: FeatureStore,
+    stats: ExtractionStats | None = None,
+) -> np.ndarray:
+    table = dataset.table
+    with progress_callback(f"embedding {dataset.id} with {mr.entry.name}") as report:
+        return store.embeddings(
+            mr.model,
+            table["path"].tolist(),
+            table["sha256"].tolist(),
+            batch_size=config.batch_size,
+            progress=report,
+            stats=stats,
+        )
+
+
+def _source(
+    name: str,
+    datasets: Callable[[str], Dataset | None] | None,
+    mr: ModelRun,
+    config: RunConfig,
+    store: FeatureStore,
+) -> Source | None:
+    """Another dataset of the run, with this model's embeddings of it read on first use
+    (from the cache its own pair fills, or extracted here)."""
+    dataset = datasets(name) if datasets is not None else None
+    if dataset is None:
+        return None
+    return Source(
+        dataset, lambda: Features.from_dataset(dataset, _embeddings(mr, dataset, config, store))
+    )
 
 
 #: called with each record once it is written (the run's cell-finished event)
@@ -384,6 +446,21 @@ def _record(
         if outcome.val_probs is not None and f.val_y is not None
         else None
     )
+    shape = {
+        "n_classes": len(classes),
+        "ordinal": dataset.definition.ordinal,
+        "n_resamples": task.bootstrap,
+    }
+    by_slice = (
+        slices.subgroups(f.test_y, outcome.probs, f.test_groups, f.test_attrs, **shape)
+        if f.test_attrs
+        else None
+    )
+    by_level = (
+        slices.levels(f.test_y, outcome.probs, f.test_groups, f.test_eyes, task.levels, **shape)
+        if task.levels and dataset.patients_known
+        else None
+    )
     return {
         **record,
         "status": "ok",
@@ -400,6 +477,9 @@ def _record(
         "details": outcome.details,
         # temperature and operating thresholds chosen on val, frozen for test
         **({"post_hoc": chosen_on_val} if chosen_on_val else {}),
+        # each declared attribute's slices, and the eye and patient levels the task declares
+        **({"subgroups": by_slice} if by_slice else {}),
+        **({"levels": by_level} if by_level else {}),
         # written by write_record as a sidecar beside the record, referenced by its digest
         "predictions": Predictions.of(
             f.test_ids,

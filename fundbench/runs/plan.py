@@ -45,8 +45,11 @@ def task_digest(task: TaskDefinition) -> str:
     """What identifies a task's settings (not where it was read from; an empty
     ``selection`` adds nothing, so tasks from before the field keep their digest)."""
     settings = task.__dict__ | {"source": None}
-    if not settings.get("selection"):
-        settings.pop("selection", None)
+    for name in ("selection", "datasets", "levels", "shifts", "options"):
+        if not settings.get(name):  # added later: empty adds nothing to older tasks' digests
+            settings.pop(name, None)
+    if settings.get("shifts"):
+        settings["shifts"] = [s.__dict__ for s in settings["shifts"]]
     return digest_of(settings)
 
 

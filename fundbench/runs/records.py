@@ -59,6 +59,7 @@ TIDY_COLUMNS = [
     "adapter",
     "k",
     "seed",
+    "source",
     "metric",
     "value",
     "ci_low",
@@ -514,7 +515,9 @@ def check_record(record: dict, path: Path | str) -> dict:
             raise bad(f"'cell' lacks {key!r}")
         if not isinstance(cell[key], kind) or isinstance(cell[key], bool):
             raise bad(f"cell {key!r} is {cell[key]!r:.60}")
-    extra = sorted(set(cell) - set(_CELL_TYPES), key=str)
+    if "source" in cell and (not isinstance(cell["source"], str) or not cell["source"]):
+        raise bad(f"cell 'source' is {cell['source']!r:.60}")
+    extra = sorted(set(cell) - set(_CELL_TYPES) - {"source"}, key=str)
     if extra:
         raise bad(f"unknown cell key(s) {extra}")
     status = record.get("status")

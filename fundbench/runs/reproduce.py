@@ -116,7 +116,8 @@ def rerun_config(
     into ``folder`` (results and feature cache), in this process, with no loggers."""
     cells = [r["cell"] for r in records]
     models = sorted({c["model"] for c in cells})
-    datasets = sorted({c["dataset"] for c in cells})
+    # a shift cell is fitted on its source: that dataset runs too
+    datasets = sorted({c["dataset"] for c in cells} | {c["source"] for c in cells if "source" in c})
     known = {f.name for f in fields(RunConfig)}
     options: dict[str, Any] = {k: v for k, v in config.items() if k in known}
     for key in _PATH_OPTIONS:

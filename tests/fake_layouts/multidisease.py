@@ -260,15 +260,15 @@ def brset_csv(header: str) -> str:
         row.update(
             image_id=f"img{i:05d}",
             patient_id=str(patient),
-            camera="Canon CR",
-            patient_age="57",
+            camera="Canon CR" if patient % 2 else "NIKON NF5050",
+            patient_age=("", "44", "57", "71.0")[patient % 4],
             comorbidities="diabetes1",
             exam_eye=str(eye),
             optic_disc=disc,
             DR_ICDR=str(grade),
             DR_SDRG=str(grade),
             quality="Adequate",
-            patient_sex="2",
+            patient_sex=str(1 + patient % 2),
             nationality="Brazil",
         )
         lines.append(",".join(row.values()))

@@ -332,6 +332,18 @@ BRSET_COLUMNS = {
     "exam_eye": ("eye", "laterality"),
 }
 BRSET_EYES = {"1": "OD", "2": "OS"}
+BRSET_SEXES = {"1": "M", "2": "F"}  # datasets.md s. 26: 1 = male, 2 = female
+
+
+def age_band(age: str) -> str:
+    """An age in years -> the synthetic suite's bands (<50, 50-65, >65); "" when unknown."""
+    try:
+        years = float(age)
+    except (TypeError, ValueError):
+        return ""
+    if years != years:  # NaN
+        return ""
+    return "<50" if years < 50 else "50-65" if years <= 65 else ">65"
 
 
 def read_brset(definition: DatasetDefinition, data_root: Path | None) -> pd.DataFrame:
@@ -339,7 +351,8 @@ def read_brset(definition: DatasetDefinition, data_root: Path | None) -> pd.Data
     ``fundus_photos/<image_id>.jpg`` (datasets.md s. 26). Column names are matched loosely
     because their spelling changed between versions; ``options.label`` is the graded column
     (default ``DR_ICDR``). Patient = ``patient_id``, eye from ``exam_eye`` (1 = OD,
-    2 = OS). No official split: seeded by patient."""
+    2 = OS). No official split: seeded by patient. Subgroup attributes: ``camera``,
+    ``sex`` (``patient_sex`` 1 = M, 2 = F) and ``age_band`` (from ``patient_age``)."""
     root = dataset_dir(definition, data_root)
     csv = find_file(root, "labels_brset.csv", required=False) or find_file(
         root, "labels.csv", required=False
@@ -353,7 +366,13 @@ def read_brset(definition: DatasetDefinition, data_root: Path | None) -> pd.Data
     table = match_columns(
         read_table(csv),
         csv,
-        {**BRSET_COLUMNS, label: ()},
+        {
+            **BRSET_COLUMNS,
+            "camera": (),
+            "patient_sex": ("sex",),
+            "patient_age": ("age",),
+            label: (),
+        },
         ["image_id", "patient_id", label],
     )
     try:
@@ -366,12 +385,16 @@ def read_brset(definition: DatasetDefinition, data_root: Path | None) -> pd.Data
     for record in table.to_dict("records"):
         name = record["image_id"].strip()
         eye = integral(record["exam_eye"]) if has_eye else ""
+        sex = integral(record.get("patient_sex", "") or "")
         rows.append(
             {
                 "path": resolve_image(index, name if Path(name).suffix else f"{name}.jpg", images),
                 "label": integral(record[label]),
                 "patient": integral(record["patient_id"]),
                 "eye": BRSET_EYES.get(eye, eye),
+                "camera": str(record.get("camera", "") or "").strip(),
+                "sex": BRSET_SEXES.get(sex, sex),
+                "age_band": age_band(record.get("patient_age", "")),
                 "origin": origin(csv, record["source_row"], label),
             }
         )
