@@ -278,7 +278,7 @@ def _kit(host, name):
 
 def test_the_kit_passes_a_correct_model_on_every_check(host):
     results = _kit(host, "toy_clip")
-    assert len(results) == 10
+    assert len(results) == 11
     assert all(r.passed for r in results.values()), [r.message for r in results.values()]
 
 
@@ -350,7 +350,7 @@ def test_check_model_gives_one_pytest_test_per_rule():
     marks = [m for m in test.pytestmark if m.name == "parametrize"]
     (mark,) = marks
     ids = mark.kwargs["ids"]
-    assert ids[:3] == ["builds", "preprocess", "embedding-shape"] and len(ids) == 10
+    assert ids[:3] == ["builds", "preprocess", "embedding-shape"] and len(ids) == 11
     for check in mark.args[1]:
         check()  # ToyClip passes each
 

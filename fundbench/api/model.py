@@ -78,6 +78,30 @@ class Model(abc.ABC):
     def has_text_tower(self) -> bool:
         return type(self).encode_texts is not Model.encode_texts
 
+    def trainable_image_module(self, *, drop_path_rate: float = 0.0) -> torch.nn.Module:
+        """A new, trainable copy of the image encoder, for the ``fine_tune`` protocol.
+
+        Fine-tuning must never change the model the other protocols embed with, so this is a
+        fresh module holding copies of the weights (no parameter or buffer shared with this
+        model), on the CPU (the harness moves it), in train mode, every parameter requiring
+        grad. It maps a batch preprocessed as :meth:`preprocess` gives it, [N, 3, H, W], to
+        embeddings [N, embed_dim]; the harness adds the linear head.
+
+        ``drop_path_rate``: stochastic depth, where the architecture has it (declare
+        ``fine_tuning: {drop_path: true}`` in the registration); a module without it ignores
+        the rate. Optional hooks, in timm's conventions: ``group_matcher(coarse=False)`` gives
+        the layers of layer-wise lr decay (without it, one group at the full rate) and
+        ``no_weight_decay()`` names parameters kept out of weight decay.
+
+        Only models whose registration declares ``fine_tuning`` implement it (the
+        :class:`~fundbench.api.spec.ModelSpec` field); the default raises.
+        """
+        raise NotImplementedError(f"model {self.name!r} has no trainable image module")
+
+    @property
+    def has_trainable_image_module(self) -> bool:
+        return type(self).trainable_image_module is not Model.trainable_image_module
+
     @property
     def text_unavailable_reason(self) -> str | None:
         """Why zero-shot cannot run (reported on its cells), or None when it can. Override

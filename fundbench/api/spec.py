@@ -150,6 +150,25 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class FineTuning:
+    """The model can be fully fine-tuned: its :class:`~fundbench.api.model.Model` implements
+    ``trainable_image_module`` (a new, trainable copy of the image encoder; the ``fine_tune``
+    protocol trains it with a linear head). A model without this declaration gets its
+    fine-tuning cells recorded as not applicable."""
+
+    #: the module applies stochastic depth at the ``drop_path_rate`` it is built with (a
+    #: timm ViT or ResNet); False: the rate is ignored, and the records say so
+    drop_path: bool = False
+    #: how the module's parameters are grouped for layer-wise lr decay, in words (e.g.
+    #: "timm group_matcher: stem, 8 residual blocks"); shown with the records' lr groups
+    layer_groups: str = ""
+
+    def check(self, where: str) -> None:
+        if not isinstance(self.drop_path, bool):
+            _fail(where, f"fine_tuning.drop_path must be true or false, got {self.drop_path!r}")
+
+
+@dataclass(frozen=True)
 class Spec:
     """Base of every kind's declaration: a name and a one-line description."""
 
@@ -218,6 +237,9 @@ class ModelSpec(Spec):
     #: factory options a paper suite adds, and per protocol a second instance's options
     paper_options: dict[str, Any] = field(default_factory=dict)
     paper_protocol_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the image encoder can be fine-tuned (``Model.trainable_image_module``); None: the
+    #: ``fine_tune`` protocol's cells are not applicable to this model
+    fine_tuning: FineTuning | None = None
 
     required: ClassVar[tuple[str, ...]] = ("modalities", "licence", "verification")
 
@@ -237,7 +259,13 @@ class ModelSpec(Spec):
                 _fail(where, f"embed_dim must be a positive integer, got {dim!r}")
         if self.parametric and not self.example:
             _fail(where, "a parametric family needs an example member, e.g. 'timm:resnet50'")
-        for part in (self.licence, self.paper, self.reference_code, self.verification):
+        for part in (
+            self.licence,
+            self.paper,
+            self.reference_code,
+            self.verification,
+            self.fine_tuning,
+        ):
             if part is not None:
                 part.check(where)
         for checkpoint in self.checkpoints:
@@ -274,6 +302,9 @@ class ProtocolSpec(Spec):
     #: "epoch") -> the split that choice reads: "train" (a validation carved from the
     #: training pool), "val" or "test"; a run refuses "test" (fundbench.runs.protocol_check)
     selects_on: dict[str, str] = field(default_factory=dict)
+    #: reads the cached frozen embeddings (``ctx.features``); False for a protocol that
+    #: trains on the images themselves (fine-tuning): its pairs extract nothing for it
+    reads_features: bool = True
 
     def check(self, where: str) -> None:
         for what, split in self.selects_on.items():

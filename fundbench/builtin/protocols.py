@@ -1,5 +1,6 @@
-"""Registers the built-in protocols (zero-shot, few-shot, linear probe) and few-shot heads
-through the same hooks a plugin uses to add its own (:mod:`fundbench.api.hookspecs`)."""
+"""Registers the built-in protocols (zero-shot, few-shot, linear probe, fine-tuning) and
+few-shot heads through the same hooks a plugin uses to add its own
+(:mod:`fundbench.api.hookspecs`)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,29 @@ def fundbench_register_protocols(register):
         selects_on={"C": "train", **POST_HOC},
         description="logistic regression on frozen embeddings: C tuned on patient-grouped "
         "validation, or the papers' fixed C=0.316",
+    )
+    register(
+        "fine_tune",
+        "fundbench.eval.protocols.fine_tune:fine_tune_cells",
+        label="Fine-tuned",
+        adapters=("full",),
+        # the epoch with the best val AUROC is tested (RETFound's model selection)
+        selects_on={"epoch": "val", **POST_HOC},
+        reads_features=False,  # trains on the images: its pairs extract no embeddings for it
+        description="the image encoder and a linear head trained end to end with RETFound's "
+        "recipe (layer-decayed AdamW, warm-up + cosine, label smoothing, drop path, "
+        "RandAugment); the epoch with the best val AUROC is tested",
+    )
+    register(
+        "domain_shift",
+        "fundbench.eval.shift:domain_shift_cells",
+        label="Domain shift",
+        adapters=("tuned", "paper"),
+        # the probe is fitted (and C tuned) on the source's train split; temperature and
+        # thresholds come from the source's val split, never the target's
+        selects_on={"C": "train", **POST_HOC},
+        description="the linear probe fitted on another dataset's train split (classes mapped), "
+        "tested on this dataset's test split",
     )
 
 

@@ -239,6 +239,60 @@ def model_checks(factory: Callable[..., Model] | str, **options: Any) -> list[Mo
                 "generated weights, or hash the weights file",
             )
 
+    def trainable_module() -> None:
+        model = s.model
+        declared = _declares_fine_tuning(s.factory)
+        if not model.has_trainable_image_module:
+            if declared:
+                s.fail(
+                    "trainable-module",
+                    "the registration declares fine_tuning but the model does not implement "
+                    "trainable_image_module",
+                )
+            return  # not fine-tunable: the fine_tune protocol reports not applicable
+        if declared is False:
+            s.fail(
+                "trainable-module",
+                "the model implements trainable_image_module but its registration does not "
+                "declare fine_tuning, so the fine_tune protocol never uses it",
+            )
+        before = tensors_digest(held_state(model))
+        module = model.trainable_image_module(drop_path_rate=0.1)
+        if not isinstance(module, torch.nn.Module):
+            s.fail("trainable-module", f"it returned {type(module).__name__}, not a Module")
+        held = {t.data_ptr() for t in held_state(model).values() if t.numel()}
+        shared = [n for n, t in module.state_dict().items() if t.numel() and t.data_ptr() in held]
+        if shared:
+            s.fail(
+                "trainable-module",
+                f"the module shares {len(shared)} tensor(s) with the model, e.g. "
+                f"{shared[0]!r}; return a new module holding copies",
+            )
+        frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
+        if not list(module.parameters()):
+            s.fail("trainable-module", "the module has no parameters")
+        if frozen:
+            s.fail("trainable-module", f"{frozen[0]!r} of the module does not require grad")
+        if not module.training:
+            s.fail("trainable-module", "the module is in eval mode; return it in train mode")
+        batch = s.batch.cpu()
+        with torch.no_grad():
+            initial = module.eval()(batch)
+        contract.check_embeddings(model, initial, len(batch), "trainable_image_module")
+        expected = s.encode(s.batch).float().cpu()
+        if not torch.allclose(initial.float(), expected, rtol=1e-3, atol=1e-4):
+            gap = float((initial.float() - expected).abs().max())
+            s.fail(
+                "trainable-module",
+                f"before training, the module's embeddings differ from encode_images' "
+                f"(max |diff| {gap:.3g}); it must start from the model's own weights",
+            )
+        module.train()(batch).square().mean().backward()
+        if not any(p.grad is not None for p in module.parameters()):
+            s.fail("trainable-module", "a backward pass gave no parameter a gradient")
+        if tensors_digest(held_state(model)) != before:
+            s.fail("trainable-module", "training the module changed the model's own weights")
+
     def text_tower() -> None:
         try:
             _text_tower()
@@ -294,12 +348,29 @@ def model_checks(factory: Callable[..., Model] | str, **options: Any) -> list[Mo
             digest_stability,
         ),
         ModelCheck(
+            "trainable-module",
+            "a model declaring fine_tuning gives a new, trainable image module: no tensor "
+            "shared with the model, [N, embed_dim] embeddings equal to encode_images' before "
+            "training, gradients on backward (other models: nothing to check)",
+            trainable_module,
+        ),
+        ModelCheck(
             "text-tower",
             "a text tower gives [N, embed_dim] finite embeddings and "
             "distinct ones for distinct class prompts",
             text_tower,
         ),
     ]
+
+
+def _declares_fine_tuning(factory: Callable[..., Model] | str) -> bool | None:
+    """Whether a registered model's spec declares ``fine_tuning``; None for a factory
+    callable (no registration to compare with)."""
+    if not isinstance(factory, str):
+        return None
+    from fundbench.host.loading import get_host
+
+    return get_host().models.get(factory).spec.fine_tuning is not None
 
 
 def _modality(model: Model) -> str:

@@ -127,6 +127,17 @@ class VisionModel(nn.Module):
         return self.projection_head_vision(self.pooled(self.feature_map(x)))
 
 
+class TrainableVision(VisionModel):
+    """The image encoder alone, for fine-tuning (``KeepFITV2Model.trainable_image_module``):
+    trunk + projection (the 512-d unit embedding the other protocols read). Its
+    ``group_matcher`` follows timm's ResNets, so layer-wise lr decay sees the same layers:
+    the stem, one layer per residual block, then the projection (the top layer)."""
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        block = r"^model\.layer(\d+)" if coarse else r"^model\.layer(\d+)\.(\d+)"
+        return {"stem": r"^model\.(?:conv1|bn1)", "blocks": block}
+
+
 def _load_torchvision_weights(model: nn.Module, path: str) -> None:
     """A torchvision ResNet-50 file (e.g. IMAGENET1K_V2) for the trunk; its fc is dropped."""
     state = unwrap(read_checkpoint(path), path)

@@ -9,7 +9,7 @@ the model (:class:`fundbench_keepfit_v2.v2.KeepFITV2Model`) and the trainer
 from __future__ import annotations
 
 from fundbench import hookimpl
-from fundbench.api.spec import Licence, Paper, ReferenceCode, Verification
+from fundbench.api.spec import FineTuning, Licence, Paper, ReferenceCode, Verification
 from fundbench_keepfit_v2.config import SYNTH_DATASETS
 from fundbench_keepfit_v2.plugin_v1 import MM_RETINAL_COMMIT, MM_RETINAL_REPO
 
@@ -56,6 +56,16 @@ KEEPFIT_V2_VERIFICATION = Verification(
 )
 
 
+#: The ``fine_tune`` protocol trains a copy of the image encoder (ResNet trunk + projection
+#: head, the embedding the frozen protocols read). torchvision's BasicBlock and Bottleneck
+#: have no stochastic depth, so the recipe's drop path does not apply.
+KEEPFIT_V2_FINE_TUNING = FineTuning(
+    drop_path=False,
+    layer_groups="group_matcher as timm's ResNets: stem (conv1, bn1), one layer per residual "
+    "block, the projection head on top",
+)
+
+
 @hookimpl
 def fundbench_register_models(register):
     register(
@@ -80,6 +90,8 @@ def fundbench_register_models(register):
         verification=KEEPFIT_V2_VERIFICATION,
         # without --weights the factory trains the tiny preset on first use, on that device
         takes_device=True,
+        # KeepFITV2Model.trainable_image_module: a copy of the ResNet trunk + projection
+        fine_tuning=KEEPFIT_V2_FINE_TUNING,
     )
 
 

@@ -8,6 +8,7 @@ loaded safely and strictly; released V1 state dicts belong to ``keepfit_v1`` (``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -85,6 +86,20 @@ class KeepFITV2Model(Model):
         super().to(device)
         self.net.to(memory_format=torch.channels_last)
         return self
+
+    def trainable_image_module(self, *, drop_path_rate: float = 0.0) -> torch.nn.Module:
+        """A new copy of the image encoder (trunk + projection) for fine-tuning; the
+        torchvision BasicBlocks have no stochastic depth, so ``drop_path_rate`` is ignored
+        (the registration declares ``drop_path: false``)."""
+        from fundbench_keepfit_v2.model import TrainableVision
+
+        config = dataclasses.replace(
+            self.config, vision=dataclasses.replace(self.config.vision, weights="")
+        )  # no ImageNet file is read: every weight is copied from this model below
+        with torch.random.fork_rng(devices=[]):  # the initial draw is overwritten
+            module = TrainableVision(config)
+        module.load_state_dict(self.net.vision_model.state_dict())
+        return module.train().requires_grad_(True)
 
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:

@@ -95,3 +95,30 @@ def test_registrations_declare_the_contract_and_cited_facts():
     assert "MM-Retinal" in v1.pretraining_datasets and v1.needs_weights and not v2.needs_weights
     # registering imports no torch
     check_light_import("fundbench_keepfit_v2.plugin", "fundbench_keepfit_v2.plugin_v1")
+
+
+def test_keepfit_v2_trainable_image_module_copies_the_image_encoder():
+    import torch
+    from timm.models import group_parameters
+
+    from fundbench.host.loading import get_host
+
+    spec = get_host().models.get("keepfit_v2").spec
+    assert spec.fine_tuning is not None and spec.fine_tuning.drop_path is False
+    model = build_keepfit_v2()
+    r = model.preprocess_config.resolution
+    x = torch.rand(2, 3, r, r)
+    before = model.encode_images(x).clone()
+    module = model.trainable_image_module(drop_path_rate=0.2)
+    assert module.training and all(p.requires_grad for p in module.parameters())
+    with torch.no_grad():
+        assert torch.allclose(module.eval()(x), before, atol=1e-5)
+    # timm's ResNet layers: the stem, one per residual block, the projection on top
+    layers = group_parameters(module, module.group_matcher(coarse=False), reverse=True)
+    blocks = sum(len(getattr(module.model, f"layer{i}")) for i in range(1, 5))
+    assert layers["model.conv1.weight"] == layers["model.bn1.bias"] == 0
+    assert layers["model.layer4.0.conv1.weight"] == blocks
+    assert layers["projection_head_vision.projection.weight"] == blocks + 1
+    module.train()(x).sum().backward()
+    torch.optim.SGD(module.parameters(), lr=1.0).step()
+    assert torch.equal(model.encode_images(x), before)  # the model is untouched

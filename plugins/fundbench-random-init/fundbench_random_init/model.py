@@ -23,6 +23,7 @@ class RandomInitModel(Model):
         self, arch: str = "resnet18", seed: int = 0, resolution: int = 224, device: str = "cpu"
     ) -> None:
         torch.manual_seed(seed)
+        self.arch = arch
         self.encoder = timm.create_model(arch, pretrained=False, num_classes=0)
         self.encoder.eval().requires_grad_(False)  # inference only: no autograd graphs
         self.name = f"random_init[{arch},seed={seed}]"
@@ -42,3 +43,14 @@ class RandomInitModel(Model):
 
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         return self.encoder(batch)
+
+    def trainable_image_module(self, *, drop_path_rate: float = 0.0) -> torch.nn.Module:
+        """The same timm ``arch`` built anew with ``drop_path_rate`` (timm's ResNets apply
+        stochastic depth per residual block) holding a copy of these weights: fine-tuning
+        never touches :attr:`encoder`. timm's ``group_matcher`` gives its lr-decay layers."""
+        with torch.random.fork_rng(devices=[]):  # the draw is overwritten: leave the RNG be
+            module = timm.create_model(
+                self.arch, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate
+            )
+        module.load_state_dict(self.encoder.state_dict())
+        return module.train().requires_grad_(True)

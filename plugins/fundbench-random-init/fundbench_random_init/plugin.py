@@ -8,6 +8,7 @@ the CPU and the host calls :meth:`fundbench.Model.to` after building.
 from __future__ import annotations
 
 from fundbench import Licence, Verification, hookimpl
+from fundbench.api.spec import FineTuning
 
 #: the plugin contract this entry point follows (fundbench.api.contract)
 FUNDBENCH_CONTRACT = "2.0"
@@ -36,6 +37,15 @@ VERIFICATION = Verification(
 )
 
 
+#: The ``fine_tune`` protocol trains a copy of the encoder: timm rebuilds it with stochastic
+#: depth, and its ``group_matcher`` gives the layers of layer-wise lr decay.
+FINE_TUNING = FineTuning(
+    drop_path=True,
+    layer_groups="timm ResNet group_matcher: stem (conv1, bn1), then one layer per residual "
+    "block (8 for resnet18)",
+)
+
+
 @hookimpl
 def fundbench_register_models(register):
     register(
@@ -49,4 +59,6 @@ def fundbench_register_models(register):
         needs_weights=False,
         licence=LICENCE,
         verification=VERIFICATION,
+        # RandomInitModel.trainable_image_module: a fresh timm ResNet with drop path
+        fine_tuning=FINE_TUNING,
     )

@@ -53,3 +53,24 @@ def test_seeded_weights_are_reproducible_and_the_embedding_has_the_feature_width
 
 #: every contract rule, built as `fundbench run` builds it (at 64 px to stay fast)
 test_random_init_contract = check_model("random_init", resolution=64)
+
+
+def test_trainable_image_module_is_a_new_copy_with_drop_path():
+    spec = Host().load_entry_points().models.get("random_init").spec
+    assert spec.fine_tuning is not None and spec.fine_tuning.drop_path is True
+    model = RandomInitModel(resolution=32)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        before = model.encode_images(x)
+    rng = torch.get_rng_state()
+    module = model.trainable_image_module(drop_path_rate=0.2)
+    assert torch.equal(torch.get_rng_state(), rng)  # building it draws nothing globally
+    assert module.training and all(p.requires_grad for p in module.parameters())
+    assert any(type(m).__name__ == "DropPath" for m in module.modules())
+    with torch.no_grad():
+        assert torch.equal(module.eval()(x), before)  # the model's weights, copied
+    optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
+    module.train()(x).sum().backward()
+    optimizer.step()
+    with torch.inference_mode():
+        assert torch.equal(model.encode_images(x), before)  # the model is untouched
