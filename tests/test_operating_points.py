@@ -4,12 +4,11 @@ validation and frozen for test, and the built-in metrics entry point end to end.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import roc_curve
-from toy_data import make_toy_csv_dataset
+from toy_data import BinaryToy, make_binary_dataset
 
-from fundbench import RunConfig, hookimpl, run
+from fundbench import RunConfig, run
 from fundbench.eval import operating_points as op
 from fundbench.eval.metrics import custom_metric_ci, resample_weights
 from fundbench.host.loading import Host
@@ -149,39 +148,11 @@ def test_the_entry_point_registers_every_metric():
         assert metrics[name].higher_is_better == (name not in CALIBRATION)
 
 
-class BinaryToy:
-    """A two-class dataset: the toy images, red versus the rest."""
-
-    FUNDBENCH_CONTRACT = "2.0"
-    root = None
-
-    @classmethod
-    @hookimpl
-    def fundbench_register_datasets(cls, register):
-        register(
-            "toy_binary",
-            {
-                "id": "toy_binary",
-                "modality": "cfp",
-                "classes": ["red", "other"],
-                "format": "csv",
-                "options": {
-                    "path": str(cls.root),
-                    "columns": {"path": "image", "label": "diagnosis", "patient": "patient_id"},
-                },
-            },
-        )
-
-
 @pytest.mark.slow
 def test_a_run_scores_calibration_everywhere_and_operating_points_on_binary_tasks(
     toy_host, tmp_path
 ):
-    root = make_toy_csv_dataset(tmp_path / "binary")
-    table = pd.read_csv(root / "labels.csv")
-    table["diagnosis"] = np.where(table["diagnosis"] == "red", "red", "other")
-    table.to_csv(root / "labels.csv", index=False)
-    BinaryToy.root = root
+    BinaryToy.root = make_binary_dataset(tmp_path / "binary")
     assert toy_host.add_plugin(BinaryToy, PluginInfo("binary", "fundbench-tests", "0")), (
         toy_host.problems
     )

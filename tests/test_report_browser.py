@@ -1,5 +1,10 @@
 """The HTML report as a person sees it: real toy runs, rendered in headless Chromium.
 
+The run behind the newer sections (patient/eye levels, subgroup slices, the domain-shift
+matrix, referral curves) computes them itself: a two-class toy dataset that declares a
+``camera`` attribute and a domain-shift task onto it. Fine-tuned cells are added to its
+records with the record writer (:mod:`report_fixtures`), a copy of the linear probe's.
+
 Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/setup.sh`` installs them as
 root); without them every test here fails with a one-line message saying how to install them.
 Nothing is downloaded and nothing is skipped.
@@ -11,10 +16,14 @@ import functools
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import toy_plugin
 from PIL import Image
+from report_fixtures import derive, metric, record_at
 from selenium.webdriver.common.by import By
+from toy_data import make_toy_csv_dataset
 
 from fundbench import RunConfig, hookimpl, run
 from fundbench.api.errors import ConfigError
@@ -42,9 +51,13 @@ class ToyVision(toy_plugin.ToyClip):
 
 
 class BrowserToys:
-    """Models with hostile and ordinary names, a text-less model and a dataset not on disk."""
+    """Models with hostile and ordinary names, a text-less model, a dataset not on disk, a
+    two-class dataset with a ``camera`` attribute and a domain-shift task onto it."""
 
     FUNDBENCH_CONTRACT = "2.0"
+
+    def __init__(self, binary_root: Path) -> None:
+        self.binary_root = binary_root
 
     @hookimpl
     def fundbench_register_models(self, register) -> None:
@@ -65,26 +78,70 @@ class BrowserToys:
                 "options": {"path": "/nonexistent/fundbench-tests/toy_absent"},
             },
         )
+        register(
+            "toy_binary",
+            {
+                "id": "toy_binary",
+                "modality": "cfp",
+                "classes": ["red", "other"],
+                "format": "csv",
+                "attributes": ["camera"],
+                "options": {
+                    "path": str(self.binary_root),
+                    "columns": {"path": "image", "label": "diagnosis", "patient": "patient_id"},
+                },
+            },
+        )
+
+    @hookimpl
+    def fundbench_register_tasks(self, register) -> None:
+        mapping = {"red": "red", "green": "other", "blue": "other"}
+        register(
+            "toy_shift",
+            {
+                "name": "toy_shift",
+                "protocol": "domain_shift",
+                "adapters": ["tuned"],
+                "bootstrap": 10,
+                "shifts": [
+                    {"source": "toy_csv", "target": "toy_binary", "mapping": mapping},
+                    {"source": "toy_absent", "target": "toy_binary", "mapping": mapping},
+                ],
+            },
+        )
+
+
+def _binary_dataset(root: Path) -> Path:
+    """The toy images as red versus the rest, from two cameras, one with a hostile name."""
+    root = make_toy_csv_dataset(root)
+    table = pd.read_csv(root / "labels.csv")
+    table["diagnosis"] = np.where(table["diagnosis"] == "red", "red", "other")
+    table["camera"] = np.where(np.arange(len(table)) % 3 == 0, HOSTILE, "plain")
+    table.to_csv(root / "labels.csv", index=False)
+    return root
 
 
 @pytest.fixture(scope="module")
-def host(toy_data) -> Host:
+def host(toy_data, tmp_path_factory) -> Host:
     find_browser()  # no Chromium: fail here at once, with the apt-get command, not per test
     host = Host().load_entry_points()
     toy_plugin.DATA_DIR = toy_data
     assert host.add_plugin(toy_plugin, PluginInfo("toy", "fundbench-tests", "0.0")), host.problems
-    assert host.add_plugin(BrowserToys(), PluginInfo("browser_toys", "fundbench-tests", "0.0"))
+    toys = BrowserToys(_binary_dataset(tmp_path_factory.mktemp("toy_binary")))
+    assert host.add_plugin(toys, PluginInfo("browser_toys", "fundbench-tests", "0.0"))
     assert not host.problems, host.problems
     return host
 
 
 def _report(host: Host, out: Path, models: list[str], **kw) -> Path:
-    """Run ``models`` on the toy dataset (tiny settings) and render its report."""
+    """Run ``models`` on the toy dataset (tiny settings) and render its report; ``before``
+    changes the records first."""
+    before = kw.pop("before", None)
     config = RunConfig(
         models=models,
         suite="toy",
         datasets=kw.pop("datasets", ["toy_csv"]),
-        tasks=["zero_shot", "few_shot_quick", "linear_probe"],
+        tasks=kw.pop("tasks", ["zero_shot", "few_shot_quick", "linear_probe"]),
         shots=[1, 2],
         seeds=1,
         bootstrap=10,
@@ -93,6 +150,8 @@ def _report(host: Host, out: Path, models: list[str], **kw) -> Path:
         **kw,
     )
     run(config, host)
+    if before is not None:
+        before(out)
     return render_report(out, out / "report.html")
 
 
@@ -169,6 +228,94 @@ def test_not_applicable_cells_show_their_reason(host, tmp_path):
     assert "toy_absent" in text  # the dataset that was not on disk is named, not dropped
     assert reasons, "the reason 'model has no text tower' is not shown"
     assert not [r for r in reasons if NUMBER.search(r)], reasons  # a reason, not a score
+
+
+#: the newer sections: anchor -> heading
+NEW_SECTIONS = {
+    "operating-points": "Clinical operating points",
+    "levels": "Patient and eye level",
+    "subgroups": "Subgroups",
+    "domain-shift": "Domain shift",
+}
+FINE_TUNED = {"protocol": "fine_tune", "task": "fine_tune", "adapter": "full", "seed": 0}
+
+
+def _add_fine_tuned(out: Path) -> None:
+    """A fine-tuned cell beside each linear probe (its records have the same shape)."""
+    for model in ("toy_clip", "toy_r12"):
+        for dataset in ("toy_csv", "toy_binary"):
+            base = record_at(out, model, dataset, "linear_probe", "tuned")
+            metrics = {**base["metrics"], "aca": metric(0.987, 0.95, 1.0)}
+            derive(out, base, FINE_TUNED, metrics=metrics)
+
+
+def _texts(driver, css: str) -> list[str]:
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css)]
+
+
+def test_newer_sections_are_visible_and_reachable_from_the_toc(host, tmp_path):
+    report = _report(
+        host,
+        tmp_path / "r",
+        ["toy_clip", "toy_r12"],
+        datasets=["toy_csv", "toy_binary"],
+        tasks=["linear_probe", "toy_shift"],
+        before=_add_fine_tuned,
+    )
+    with open_page(report) as driver:
+        facts = _assert_loads_cleanly(driver)
+        assert facts["pwned"] == "undefined" and facts["scripts"] == 0
+        links = driver.find_elements(By.CSS_SELECTOR, "nav a")
+        nav = {a.get_attribute("href").rpartition("#")[2]: a for a in links}
+        for anchor, heading in NEW_SECTIONS.items():
+            section = driver.find_element(By.ID, anchor)
+            assert section.is_displayed(), anchor
+            assert section.find_element(By.TAG_NAME, "h2").text == heading
+            assert anchor in nav and nav[anchor].is_displayed(), (anchor, list(nav))
+            nav[anchor].click()
+            assert driver.execute_script("return location.hash") == f"#{anchor}"
+            top = driver.execute_script(
+                "return [arguments[0].getBoundingClientRect().top, innerHeight]", section
+            )
+            assert -2 <= top[0] < top[1], (anchor, top)  # scrolled to it
+        assert console_errors(driver) == []
+
+        # referral curves: a table and a decoded plot, two-class cells only
+        plot = driver.find_element(By.CSS_SELECTOR, 'img[alt="referral curves for toy_binary"]')
+        assert plot.is_displayed() and driver.execute_script(
+            "return arguments[0].naturalWidth", plot
+        )
+        cells = _texts(driver, "table.referral tbody td:first-child")
+        assert cells == [f"{m} · toy_binary (Linear probe)" for m in ("toy_clip", "toy_r12")]
+
+        # patient and eye level beside the image level
+        levels = _texts(driver, "table.levels tbody td:first-child")
+        assert levels.count("image") == 4 and "eye" in levels and "patient" in levels
+
+        # subgroup slices: the hostile camera name is text; small slices are flagged
+        values = _texts(driver, "table.subgroups tbody td:first-child")
+        assert any(v.startswith(HOSTILE) for v in values), values
+        flagged = driver.find_elements(By.CSS_SELECTOR, "table.subgroups tr.small .flag")
+        assert flagged and all(f.is_displayed() and f.get_attribute("title") for f in flagged)
+
+        # the domain-shift matrix: the diagonal, a shift cell, a not-applicable pair
+        matrix = driver.find_element(By.CSS_SELECTOR, "table.shift")
+        assert matrix.is_displayed()
+        assert len(matrix.find_elements(By.CSS_SELECTOR, "td.diagonal")) == 2
+        (shifted,) = matrix.find_elements(By.CSS_SELECTOR, "td.shift")
+        assert NUMBER.search(shifted.text) and "n=" in shifted.text
+        (na,) = matrix.find_elements(By.CSS_SELECTOR, "td.na:not(.none)")
+        assert na.text == "n/a" and "toy_absent" in na.get_attribute("title")
+        mapping = driver.find_element(By.CSS_SELECTOR, "#domain-shift p.mapping").text
+        assert "toy_csv → toy_binary:" in mapping and "green → other" in mapping
+
+        # fine-tuned beside the frozen-feature protocols, under its label
+        boards = _texts(driver, "#summary h3")
+        assert boards == ["Linear probe — headline ACA", "Fine-tuned — headline ACA"]
+        tables = driver.find_elements(By.CSS_SELECTOR, 'table.results[data-protocol="fine_tune"]')
+        assert len(tables) == 3 and all(t.is_displayed() for t in tables)  # board + 2 datasets
+        assert "0.987" in tables[0].text
+        assert "Fine-tuned · toy_csv" in _texts(driver, "#protocols h3")
 
 
 def test_screenshot_command_writes_a_full_page_png(host, tmp_path, capsys):

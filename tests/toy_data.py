@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fundbench import hookimpl
+
 TOY_CLASSES = ("red", "green", "blue")
 
 
@@ -32,3 +34,36 @@ def make_toy_csv_dataset(root: Path, n_patients: int = 24, size: int = 48) -> Pa
             )
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     return root
+
+
+def make_binary_dataset(root: Path) -> Path:
+    """The toy CSV dataset relabelled two-class: red versus the rest."""
+    root = make_toy_csv_dataset(root)
+    table = pd.read_csv(root / "labels.csv")
+    table["diagnosis"] = np.where(table["diagnosis"] == "red", "red", "other")
+    table.to_csv(root / "labels.csv", index=False)
+    return root
+
+
+class BinaryToy:
+    """A plugin registering ``toy_binary`` (:func:`make_binary_dataset`) from ``root``."""
+
+    FUNDBENCH_CONTRACT = "2.0"
+    root: Path | None = None
+
+    @classmethod
+    @hookimpl
+    def fundbench_register_datasets(cls, register):
+        register(
+            "toy_binary",
+            {
+                "id": "toy_binary",
+                "modality": "cfp",
+                "classes": ["red", "other"],
+                "format": "csv",
+                "options": {
+                    "path": str(cls.root),
+                    "columns": {"path": "image", "label": "diagnosis", "patient": "patient_id"},
+                },
+            },
+        )

@@ -5,6 +5,9 @@ A leaderboard file is JSON: ``{"schema": "fundbench-leaderboard-1", "metric_rows
 rows (one per model x dataset x task x protocol x adapter x k x metric, averaged over
 seeds/folds). It is small, diffable and carries no timestamps, so regenerating it from the
 same results gives the same bytes and a committed baseline only changes when numbers change.
+
+Domain-shift cells are left out: a metric row has no source dataset, so two sources tested
+on one target would read as one cell (the report shows them as a source x target matrix).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pandas as pd
 from fundbench.api.errors import DataError
 from fundbench.reporting.leaderboard import KEYS, defined, summarise
 from fundbench.reporting.merge import merge_results
+from fundbench.reporting.shift import is_shift
 from fundbench.runs.records import iter_records, load_results, tidy
 from fundbench.util.atomic import write_text_atomic
 
@@ -46,7 +50,8 @@ def build_leaderboard(folders: Sequence[str | Path]) -> tuple[pd.DataFrame, dict
         if not (Path(folder) / "records").is_dir():
             load_results(folder)  # raises the one-line "no results here" error
         records = list(iter_records(Path(folder)))  # one pass: table and digest
-        read.append((folder, tidy(records), run_digest(records)))
+        kept = [r for r in records if not is_shift(r)]
+        read.append((folder, tidy(kept), run_digest(records)))
     summary = summarise(merge_results([(folder, frame) for folder, frame, _ in read]))
     generated_by = {
         "fundbench_version": fundbench_version(),
@@ -103,7 +108,9 @@ def read_leaderboard(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     if path.is_dir():
-        return summarise(load_results(path))
+        if not (path / "records").is_dir():
+            load_results(path)  # raises the one-line "no results here" error
+        return summarise(tidy(r for r in iter_records(path) if not is_shift(r)))
     if not path.is_file():
         raise DataError(f"{path}: baseline file does not exist")
     if path.suffix.lower() == ".csv":

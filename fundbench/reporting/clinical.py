@@ -1,12 +1,14 @@
 """The report's calibration and operating-point sections, from each headline cell's record:
 the calibration metrics as measured, the temperature chosen on validation and the metrics
 after it, and for two-class tasks the test sensitivity and specificity at thresholds chosen
-on validation (:mod:`fundbench.eval.post_hoc`)."""
+on validation (:mod:`fundbench.eval.post_hoc`) and the referral curve of the test
+predictions (:func:`fundbench.eval.calibration.referral_curve`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from fundbench.eval.calibration import referral_curve
 from fundbench.reporting import plots
 from fundbench.runs.records import Predictions
 
@@ -18,9 +20,13 @@ OPERATING = (
     "specificity_at_95_sensitivity",
 )
 MAX_DIAGRAMS = 12
+#: fractions referred along a referral curve (0 to 50%), and those its table lists
+REFERRAL_FRACTIONS = tuple(i / 40 for i in range(21))
+REFERRAL_TABLE = (0.0, 0.1, 0.2, 0.3, 0.5)
 
 
-def _value(m: dict | None) -> str:
+def metric_text(m: dict | None) -> str:
+    """A record's metric ``{"value", "ci_low", "ci_high"}`` as "v [lo, hi]" ("–": none)."""
     if not m or m.get("value") is None:
         return "–"
     if m.get("ci_low") is None:
@@ -40,9 +46,9 @@ def calibration_rows(cells: Iterable[tuple[str, dict]]) -> list[dict]:
         rows.append(
             {
                 "cell": label,
-                "raw": {name: _value(metrics.get(name)) for name in CALIBRATION},
+                "raw": {name: metric_text(metrics.get(name)) for name in CALIBRATION},
                 "temperature": f"{post['value']:.3f}" if post.get("value") is not None else "–",
-                "scaled": {name: _value(after.get(name)) for name in CALIBRATION},
+                "scaled": {name: metric_text(after.get(name)) for name in CALIBRATION},
             }
         )
     return rows
@@ -60,7 +66,7 @@ def operating_rows(cells: Iterable[tuple[str, dict]]) -> list[dict]:
         rows.append(
             {
                 "cell": label,
-                "test": {name: _value(metrics.get(name)) for name in OPERATING},
+                "test": {name: metric_text(metrics.get(name)) for name in OPERATING},
                 "frozen": [
                     {
                         "rule": f"{p['target']} ≥ {p['level']:.0%} on val",
@@ -92,5 +98,26 @@ def reliability(cells: Iterable[tuple[str, dict, Predictions | None]]) -> list[d
     return out
 
 
+def referral(cells: Iterable[tuple[str, dict, Predictions | None]]) -> list[dict]:
+    """Per dataset, the referral curves of its two-class headline cells, one line per model:
+    the accuracy of the cases kept when the least confident fraction is referred, plotted
+    from 0 to 50% referred and listed at :data:`REFERRAL_TABLE`."""
+    by_dataset: dict[str, list[tuple[str, dict, Predictions]]] = {}
+    for label, record, predictions in cells:
+        if predictions is None or not len(predictions.y_true) or predictions.probs.shape[1] != 2:
+            continue
+        by_dataset.setdefault(record["cell"]["dataset"], []).append((label, record, predictions))
+    out = []
+    for dataset in sorted(by_dataset)[:MAX_DIAGRAMS]:
+        curves, rows = {}, []
+        for label, record, p in by_dataset[dataset]:
+            curves[record["cell"]["model"]] = referral_curve(p.probs, p.y_true, REFERRAL_FRACTIONS)
+            at = referral_curve(p.probs, p.y_true, REFERRAL_TABLE)
+            rows.append({"cell": label, "values": [_fmt(v) for v in at]})
+        plot = plots.referral_curves(REFERRAL_FRACTIONS, curves, f"referral · {dataset}")
+        out.append({"dataset": dataset, "rows": rows, "plot": plot})
+    return out
+
+
 def _fmt(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f}"
+    return "–" if x is None or x != x else f"{x:.3f}"

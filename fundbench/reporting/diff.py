@@ -35,7 +35,8 @@ from fundbench.util.atomic import write_text_atomic
 
 TOLERANCE = 1e-12
 ALPHA = 0.05
-CELL_KEYS = ["model", "dataset", "task", "protocol", "adapter", "k", "seed"]
+#: ``source``: a domain-shift cell's source dataset (None for every other cell)
+CELL_KEYS = ["model", "dataset", "source", "task", "protocol", "adapter", "k", "seed"]
 COLUMNS = [
     *CELL_KEYS,
     "metric",

@@ -21,6 +21,7 @@ HEADLINE_ADAPTERS = {
     "zero_shot": ("prompt_ensemble",),
     "linear_probe": ("tuned", "paper"),
     "few_shot": ("linear_probe", "tip_adapter", "clip_adapter", "tip_adapter_f"),
+    "fine_tune": ("full",),
 }
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from fundbench.reporting.gate import GateResult
 from fundbench.reporting.leaderboard import KEYS, board, defined, num_text, seen_pairs
 
-PROTOCOL_ORDER = ("zero_shot", "few_shot", "linear_probe")
+PROTOCOL_ORDER = ("zero_shot", "few_shot", "linear_probe", "fine_tune")
 
 
 def markdown_boards(

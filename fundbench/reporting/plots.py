@@ -144,3 +144,19 @@ def reliability_diagram(
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
     ax.title.set_fontsize(8)
     return to_data_uri(fig)
+
+
+@styled
+def referral_curves(fractions, curves: dict[str, list[float]], title: str) -> str:
+    """Accuracy of the retained cases (y) against the fraction referred (x), one line per
+    name in ``curves`` (its values at ``fractions``)."""
+    fig, ax = figure(3.6, 3.0)
+    x = 100 * np.asarray(fractions, dtype=float)
+    for name, values in curves.items():
+        label = f" {name}" if name.startswith("_") else name  # "_..." would hide the line's entry
+        ax.plot(x, np.asarray(values, dtype=float), marker=".", linewidth=1.2, label=label)
+    ax.set(xlim=(0, x.max()), xlabel="% referred (least confident first)")
+    ax.set(ylabel="accuracy of the retained", title=title)
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=7, title=None, loc="lower right")
+    return to_data_uri(fig)

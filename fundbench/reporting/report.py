@@ -3,9 +3,12 @@
 ``render_report(results_folders, output)`` reads every record once and lays out: the
 summary leaderboards (models x datasets, mean and mean rank), per-protocol tables with 95%
 CIs and paired significance against the best model (Holm-corrected across datasets),
-few-shot curves, per-dataset bars, confusion matrices, contamination flags, published
-("reported") numbers beside ours, what did not run and why, and the provenance of each run.
-Everything a plugin or a user named passes through autoescaping.
+few-shot curves, per-dataset bars, confusion matrices, calibration and clinical operating
+points with referral curves (:mod:`~fundbench.reporting.clinical`), patient- and eye-level
+results and subgroup slices (:mod:`~fundbench.reporting.subgroups`), the domain-shift matrix
+(:mod:`~fundbench.reporting.shift`), contamination flags, published ("reported") numbers
+beside ours, what did not run and why, and the provenance of each run. Everything a plugin
+or a user named passes through autoescaping.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pandas as pd
 
 from fundbench.api.errors import DataError
 from fundbench.eval.metrics import holm_correction, paired_bootstrap_pvalue
-from fundbench.reporting import TEMPLATES_DIR, clinical, cost, leaderboard, plots
+from fundbench.reporting import TEMPLATES_DIR, clinical, cost, leaderboard, plots, shift, subgroups
 from fundbench.reporting.diff import Clustering, paired_clustering
 from fundbench.reporting.merge import merge_results
 from fundbench.reporting.reference import reported_vs_reproduced
@@ -35,17 +38,39 @@ METRIC_LABELS = {
     "auroc": "AUROC",
     "kappa": "κ (quadratic)",
 }
-PROTOCOL_LABELS = {"zero_shot": "Zero-shot", "few_shot": "Few-shot", "linear_probe": "Linear probe"}
+PROTOCOL_LABELS = {
+    "zero_shot": "Zero-shot",
+    "few_shot": "Few-shot",
+    "linear_probe": "Linear probe",
+    "fine_tune": "Fine-tuned",
+    "domain_shift": "Domain shift",
+}
+#: the protocols whose cell is a (model, dataset)'s headline cell, in order of preference
+HEADLINE_PROTOCOLS = ("linear_probe", "fine_tune", "zero_shot")
 
 
-def _protocols(frame: pd.DataFrame) -> dict[str, str]:
+def _protocols(frame: pd.DataFrame, labels: dict[str, str] | None = None) -> dict[str, str]:
     """The protocols in ``frame`` with their headings: the built-in ones first, then those
-    plugins registered (headed by their name), alphabetically."""
+    plugins registered, alphabetically, headed by ``labels`` (the registered labels the
+    run recorded: :func:`protocol_labels`) or else by their name."""
     present = set(frame["protocol"]) if not frame.empty else set()
-    labels = {p: label for p, label in PROTOCOL_LABELS.items() if p in present}
+    known = {**PROTOCOL_LABELS, **(labels or {})}
+    out = {p: known[p] for p in PROTOCOL_LABELS if p in present}
     for p in sorted(present - set(PROTOCOL_LABELS)):
-        labels[p] = p.replace("_", " ").capitalize()
-    return labels
+        out[p] = known.get(p) or p.replace("_", " ").capitalize()
+    return out
+
+
+def protocol_labels(infos: list[tuple[Path, dict]]) -> dict[str, str]:
+    """Protocol name -> its registered label (``ProtocolSpec.label``), from run.json's
+    ``protocols`` (name -> label, or name -> {"label": ...}) where a run recorded it."""
+    out: dict[str, str] = {}
+    for _, info in infos:
+        for name, described in (info.get("protocols") or {}).items():
+            label = described.get("label") if isinstance(described, dict) else described
+            if isinstance(label, str) and label.strip():
+                out.setdefault(name, label)
+    return out
 
 
 def _metrics(frame: pd.DataFrame) -> list[str]:
@@ -68,6 +93,9 @@ class Runs:
     everything: pd.DataFrame  # load_results(..., include_not_applicable=True)
     records: dict[tuple, dict]  # cell key -> record (ok cells only)
     infos: list[tuple[Path, dict]]
+    #: domain-shift records, ok or not (:func:`fundbench.reporting.shift.is_shift`): kept out
+    #: of the tables above, whose cell key has no source dataset
+    shifts: list[dict] = field(default_factory=list)
     #: id(record) -> its predictions, read on first use (paired tests, confusion matrices)
     _predictions: dict[int, Predictions] = field(default_factory=dict, repr=False)
 
@@ -93,16 +121,20 @@ def _cell_key(cell: dict) -> tuple:
 def read_runs(folders: list[Path]) -> Runs:
     """Merge result folders with the one merge policy (:mod:`fundbench.reporting.merge`): a
     cell in several folders counts once when its values agree and is an error when not."""
-    frames, records, infos = [], {}, []
+    frames, records, infos, shifts = [], {}, [], {}
     for folder in folders:
         read = list(iter_records(folder))  # one pass over the records; sidecars on demand
+        for record in read:
+            if shift.is_shift(record):
+                shifts.setdefault(shift.shift_key(record), record)
+        read = [r for r in read if not shift.is_shift(r)]
         frames.append((folder, tidy(read, include_not_applicable=True)))
         for record in read:
             if record["status"] == "ok":
                 records.setdefault(_cell_key(record["cell"]), record)
         run_path = folder / "run.json"
         infos.append((folder, json.loads(run_path.read_text()) if run_path.exists() else {}))
-    return Runs(folders, merge_results(frames), records, infos)
+    return Runs(folders, merge_results(frames), records, infos, list(shifts.values()))
 
 
 def _fmt(value, low=None, high=None, std=None, n=None) -> str:
@@ -124,12 +156,14 @@ def _reasons(everything: pd.DataFrame) -> dict[tuple[str, str, str], str]:
     }
 
 
-def _boards(summary: pd.DataFrame, runs: Runs, models: list[str]) -> list[dict]:
+def _boards(
+    summary: pd.DataFrame, runs: Runs, models: list[str], labels: dict[str, str]
+) -> list[dict]:
     """Summary leaderboards: headline ACA per protocol, models x datasets."""
     seen = leaderboard.seen_pairs(summary)
     reasons = _reasons(runs.everything)
     out = []
-    for protocol, label in _protocols(summary).items():
+    for protocol, label in _protocols(summary, labels).items():
         table = leaderboard.board(summary, protocol, HEADLINE)
         if table.empty:
             continue
@@ -203,6 +237,8 @@ def _significance(head: pd.DataFrame, runs: Runs) -> dict[tuple, dict]:
 
 
 def _record_for(row, runs: Runs) -> dict | None:
+    """The record of a summary row's single cell: the seedless one, or for a protocol of
+    the single-cell tables that runs seeds (fine-tuning) the only seed there is."""
     k = row["k"]
     key = (
         row["model"],
@@ -210,9 +246,12 @@ def _record_for(row, runs: Runs) -> dict | None:
         row["task"],
         row["adapter"],
         None if pd.isna(k) else int(k),
-        None,
     )
-    return runs.records.get(key)
+    record = runs.records.get((*key, None))
+    if record is None and row.get("protocol") != "few_shot":
+        seeded = [r for cell, r in runs.records.items() if cell[:5] == key]
+        record = seeded[0] if len(seeded) == 1 else None
+    return record
 
 
 def _paired_test(record: dict, best: dict, runs: Runs) -> tuple[float, Clustering | None]:
@@ -241,11 +280,14 @@ def _paired_test(record: dict, best: dict, runs: Runs) -> tuple[float, Clusterin
     return p, clustering
 
 
-def _protocol_tables(summary: pd.DataFrame, marks: dict, seen: set) -> list[dict]:
-    """Zero-shot and linear-probe cells per dataset with every metric and its CI."""
+def _protocol_tables(
+    summary: pd.DataFrame, marks: dict, seen: set, labels: dict[str, str]
+) -> list[dict]:
+    """Single cells (zero-shot, linear probe, fine-tuned, plugins' protocols) per dataset
+    with every metric and its CI."""
     tables = []
     single = summary[summary["protocol"] != "few_shot"]
-    labels = _protocols(single)
+    labels = _protocols(single, labels)
     order = {p: i for i, p in enumerate(labels)}
     single = single.assign(_order=single["protocol"].map(order)).sort_values(["_order", "dataset"])
     metrics = _metrics(single)
@@ -310,9 +352,9 @@ def _few_shot(runs: Runs, summary: pd.DataFrame) -> list[dict]:
     return out
 
 
-def _bars(head: pd.DataFrame) -> list[dict]:
+def _bars(head: pd.DataFrame, labels: dict[str, str]) -> list[dict]:
     out = []
-    for protocol, label in _protocols(head).items():
+    for protocol, label in _protocols(head, labels).items():
         part = head[(head["protocol"] == protocol) & (head["metric"] == HEADLINE)]
         if not part.empty:
             title = f"{label}: headline {METRIC_LABELS[HEADLINE]} per dataset"
@@ -320,17 +362,21 @@ def _bars(head: pd.DataFrame) -> list[dict]:
     return out
 
 
-def _headline_cells(head: pd.DataFrame, runs: Runs) -> list[tuple[str, dict]]:
-    """Each (model, dataset)'s headline single cell, linear probe first: (title, record)."""
+def _headline_cells(
+    head: pd.DataFrame, runs: Runs, labels: dict[str, str]
+) -> list[tuple[str, dict]]:
+    """Each (model, dataset)'s headline single cell, the first of :data:`HEADLINE_PROTOCOLS`
+    it has: (title, record)."""
     out, done = [], set()
-    for protocol in ("linear_probe", "zero_shot"):
+    labels = {**PROTOCOL_LABELS, **labels}
+    for protocol in HEADLINE_PROTOCOLS:
         part = head[(head["protocol"] == protocol) & (head["metric"] == HEADLINE)]
         for row in part.sort_values(["dataset", "model"]).to_dict("records"):
             record = _record_for(row, runs)
             if record is None or (row["model"], row["dataset"]) in done:
                 continue
             done.add((row["model"], row["dataset"]))
-            title = f"{row['model']} · {row['dataset']} ({PROTOCOL_LABELS[protocol]})"
+            title = f"{row['model']} · {row['dataset']} ({labels[protocol]})"
             out.append((title, record))
     return out
 
@@ -478,7 +524,8 @@ def render_report(results: str | Path | list, output: str | Path, title: str | N
     models = sorted(set(runs.everything["model"]))
     seen = leaderboard.seen_pairs(summary)
     marks = _significance(head, runs)
-    cells = _headline_cells(head, runs)
+    labels = protocol_labels(runs.infos)
+    cells = _headline_cells(head, runs, labels)
     status = runs.everything["status"]
     na = runs.everything[status == "not_applicable"]
     invalid = runs.everything[status == "invalid"]
@@ -491,18 +538,25 @@ def render_report(results: str | Path | list, output: str | Path, title: str | N
     html = env.get_template("report.html.j2").render(
         title=title or f"fundbench report: {', '.join(f.name for f in folders)}",
         models=models,
-        boards=_boards(summary, runs, models),
-        tables=_protocol_tables(summary, marks, seen),
+        boards=_boards(summary, runs, models, labels),
+        tables=_protocol_tables(summary, marks, seen, labels),
         few_shot=_few_shot(runs, summary),
-        bars=_bars(head),
+        bars=_bars(head, labels),
         confusions=_confusions(cells, runs),
         calibration=clinical.calibration_rows(cells),
         calibration_metrics=clinical.CALIBRATION,
-        reliability=clinical.reliability(
-            (title, record, runs.predictions(record)) for title, record in cells
-        ),
+        reliability=clinical.reliability((t, r, runs.predictions(r)) for t, r in cells),
         operating=clinical.operating_rows(cells),
         operating_metrics=clinical.OPERATING,
+        referral=clinical.referral(
+            (t, r, runs.predictions(r)) for t, r in cells if r.get("n_classes") == 2
+        ),
+        referral_fractions=clinical.REFERRAL_TABLE,
+        levels=subgroups.level_tables(cells, list(METRIC_LABELS)),
+        subgroups=subgroups.subgroup_tables(cells, HEADLINE),
+        min_slice=subgroups.MIN_SLICE_IMAGES,
+        shifts=shift.shift_matrices(runs.shifts, shift.in_domain(runs.records.values()), HEADLINE),
+        headline=HEADLINE,
         costs=cost.cost_rows(runs.infos),
         reported=_reported(runs),
         not_applicable=na[columns].drop_duplicates().to_dict("records"),
