@@ -6,7 +6,8 @@
 #
 #   bash scripts/update-leaderboard.sh [extra `fundbench run` options, e.g. --device cuda]
 #
-# Takes about 6 minutes on 2 CPU cores (keepfit_v2 trains its tiny preset first). The run
+# Takes about 5 minutes on 2 CPU cores with a warm cache (keepfit_v2 trains its tiny
+# preset first on a cold one; both models fine-tune on synth_dr and synth_glaucoma). The run
 # goes to $OUT (default fundbench-results/leaderboard-run, git-ignored), which is emptied
 # first so no cell is reused from an older fundbench. Review `git diff reports/` and commit.
 set -euo pipefail

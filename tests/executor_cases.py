@@ -10,6 +10,9 @@ from fundbench import RunConfig
 from fundbench.runs.records import iter_records
 
 DATASETS = ["synth_glaucoma", "synth_dr"]
+#: the frozen-feature protocols: where units run must not change them (fine-tuning, which
+#: trains for minutes on a CPU, has its own resume and determinism tests)
+TASKS = ["zero_shot", "few_shot", "linear_probe"]
 
 
 def small_run(root: Path, name: str, **kw) -> RunConfig:
@@ -17,6 +20,7 @@ def small_run(root: Path, name: str, **kw) -> RunConfig:
     return RunConfig(
         models=["random_init"],
         datasets=list(DATASETS),
+        tasks=list(TASKS),
         limit=8,
         bootstrap=10,
         out=root / name / "out",

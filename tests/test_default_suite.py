@@ -9,7 +9,15 @@ from PIL import Image
 
 from fundbench import load_results
 
-SUITE = {"synth_dr", "synth_glaucoma", "synth_multidisease", "synth_ffa", "synth_oct"}
+SUITE = {
+    "synth_dr",
+    "synth_glaucoma",
+    "synth_multidisease",
+    "synth_ffa",
+    "synth_oct",
+    "synth_dr_camera_b",
+    "synth_glaucoma_camera_b",
+}
 
 
 def _fundbench(*args: str) -> subprocess.CompletedProcess:
@@ -42,12 +50,27 @@ def test_random_init_on_default_suite_writes_results_and_report(tmp_path):
     assert (out / "report.html").exists() and (out / "run.json").exists()
     frame = load_results(out)
     assert set(frame["dataset"]) == SUITE
-    assert set(frame["task"]) == {"few_shot", "linear_probe"}  # no zero-shot values
+    # no zero-shot values (no text tower); fine-tuning only where the task names the dataset
+    assert set(frame["task"]) == {"few_shot", "linear_probe", "fine_tune_tiny", "synth_shift"}
+    assert set(frame.loc[frame["task"] == "fine_tune_tiny", "dataset"]) == {
+        "synth_dr",
+        "synth_glaucoma",
+    }
+    shifted = frame[frame["task"] == "synth_shift"]
+    assert set(zip(shifted["source"], shifted["dataset"], strict=True)) == {
+        ("synth_dr", "synth_dr_camera_b"),
+        ("synth_dr_camera_b", "synth_dr"),
+        ("synth_glaucoma", "synth_glaucoma_camera_b"),
+        ("synth_glaucoma_camera_b", "synth_glaucoma"),
+    }
     everything = load_results(out, include_not_applicable=True)
     zero_shot = everything[everything["task"] == "zero_shot"]
     assert len(zero_shot) == len(SUITE) and (zero_shot["status"] == "not_applicable").all()
     html = (out / "report.html").read_text()
     assert "model has no text tower" in html and "synth_oct" in html
+    for section in ("domain-shift", "subgroups", "levels", "calibration", "operating-points"):
+        assert f'id="{section}"' in html, section
+    assert "Fine-tuned" in html
 
     rendered = tmp_path / "again.html"
     proc = _fundbench("report", str(out), "-o", str(rendered))

@@ -29,8 +29,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from executor_cases import TASKS, values
 from executor_cases import small_run as _config
-from executor_cases import values
 
 from fundbench import hookimpl, run
 from fundbench.api.errors import ConfigError, DataError
@@ -491,6 +491,7 @@ def _cli_args(cluster, root: Path) -> list[str]:
         "synth_glaucoma",
         "--dataset",
         "synth_dr",
+        *(arg for task in TASKS for arg in ("--task", task)),
         "--limit",
         "8",
         "--bootstrap",
