@@ -380,3 +380,16 @@ def test_blank_patient_ids_are_unknown_not_one_shared_patient(tmp_path):
     everyone_blank = raw.assign(patient="")
     dataset = build_dataset(definition, everyone_blank, source="blanks.csv")
     assert dataset.table["patient"].nunique() == 4 and not dataset.patients_known
+
+
+def test_results_of_runs_with_and_without_shift_cells_merge_on_source(results, tmp_path):
+    from fundbench import load_results
+    from fundbench.runs.records import tidy
+
+    with_shift = load_results(results)
+    without = tidy([r for r in iter_records(results) if "source" not in r["cell"]])
+    assert without["source"].isna().all() and without["source"].dtype == object
+    keys = ["model", "dataset", "task", "adapter", "k", "seed", "source", "metric"]
+    merged = without.merge(with_shift, on=keys, suffixes=("", "_again"))
+    assert len(merged) == len(without) and (merged["value"] == merged["value_again"]).all()
+    assert set(with_shift["source"].dropna()) == {"toy_a"}

@@ -593,4 +593,6 @@ def tidy(records: Iterable[dict], *, include_not_applicable: bool = False) -> pd
         frame[column] = frame[column].astype("Int64")
     for column in ("value", "ci_low", "ci_high"):
         frame[column] = frame[column].astype(float)
+    # text even when no cell has a source, so frames of two runs merge on it
+    frame["source"] = frame["source"].astype(object)
     return frame
