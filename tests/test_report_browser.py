@@ -23,7 +23,7 @@ import toy_plugin
 from PIL import Image
 from report_fixtures import derive, metric, record_at
 from selenium.webdriver.common.by import By
-from toy_data import make_toy_csv_dataset
+from toy_data import binary_definition, make_toy_csv_dataset
 
 from fundbench import RunConfig, hookimpl, run
 from fundbench.api.errors import ConfigError
@@ -78,20 +78,7 @@ class BrowserToys:
                 "options": {"path": "/nonexistent/fundbench-tests/toy_absent"},
             },
         )
-        register(
-            "toy_binary",
-            {
-                "id": "toy_binary",
-                "modality": "cfp",
-                "classes": ["red", "other"],
-                "format": "csv",
-                "attributes": ["camera"],
-                "options": {
-                    "path": str(self.binary_root),
-                    "columns": {"path": "image", "label": "diagnosis", "patient": "patient_id"},
-                },
-            },
-        )
+        register("toy_binary", binary_definition(self.binary_root, ("camera",)))
 
     @hookimpl
     def fundbench_register_tasks(self, register) -> None:

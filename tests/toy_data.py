@@ -54,16 +54,19 @@ class BinaryToy:
     @classmethod
     @hookimpl
     def fundbench_register_datasets(cls, register):
-        register(
-            "toy_binary",
-            {
-                "id": "toy_binary",
-                "modality": "cfp",
-                "classes": ["red", "other"],
-                "format": "csv",
-                "options": {
-                    "path": str(cls.root),
-                    "columns": {"path": "image", "label": "diagnosis", "patient": "patient_id"},
-                },
-            },
-        )
+        register("toy_binary", binary_definition(cls.root))
+
+
+def binary_definition(root: Path, attributes: tuple[str, ...] = ()) -> dict:
+    """The ``toy_binary`` definition reading :func:`make_binary_dataset` at ``root``."""
+    return {
+        "id": "toy_binary",
+        "modality": "cfp",
+        "classes": ["red", "other"],
+        "format": "csv",
+        "attributes": list(attributes),
+        "options": {
+            "path": str(root),
+            "columns": {"path": "image", "label": "diagnosis", "patient": "patient_id"},
+        },
+    }
