@@ -393,3 +393,39 @@ def test_results_of_runs_with_and_without_shift_cells_merge_on_source(results, t
     merged = without.merge(with_shift, on=keys, suffixes=("", "_again"))
     assert len(merged) == len(without) and (merged["value"] == merged["value_again"]).all()
     assert set(with_shift["source"].dropna()) == {"toy_a"}
+
+
+def test_a_shift_task_without_shifts_and_a_missing_attribute_column_are_one_line(
+    host, domains, tmp_path
+):
+    from fundbench.api.errors import DataError
+    from fundbench.data.datasets import load_dataset
+    from fundbench.eval.cells import Context
+    from fundbench.eval.shift import domain_shift_cells
+
+    empty = TaskDefinition.from_mapping({**SHIFT_TASK, "shifts": []}, "toy_shift.yaml")
+    dataset = load_dataset("toy_b", host=host)
+    ctx = Context(
+        "toy_clip",
+        dataset,
+        logit_scale=100.0,
+        no_text_reason=None,
+        load_features=lambda: None,
+        load_text_weights=lambda: None,
+    )
+    with pytest.raises(ConfigError, match=r"toy_shift.yaml\): a domain_shift task needs 'shifts'"):
+        list(domain_shift_cells(ctx, empty))
+
+    class Misdeclared:
+        FUNDBENCH_CONTRACT = "2.0"
+
+        @staticmethod
+        @hookimpl
+        def fundbench_register_datasets(register):
+            register(
+                "toy_sexless", {**_definition("toy_sexless", domains[1]), "attributes": ["sex"]}
+            )
+
+    assert host.add_plugin(Misdeclared, PluginInfo("mis", "fundbench-tests", "0")), host.problems
+    with pytest.raises(DataError, match=r"labels.csv: no column\(s\) \['sex'\] for the declared"):
+        load_dataset("toy_sexless", host=host)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from fundbench.api.definitions import Shift, TaskDefinition
+from fundbench.api.errors import ConfigError
 from fundbench.eval.cells import (
     Cell,
     Compute,
@@ -30,6 +31,11 @@ ADAPTERS = ("tuned", "paper")
 
 
 def domain_shift_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
+    if not task.shifts:
+        raise ConfigError(
+            f"task {task.name!r} ({task.source}): a domain_shift task needs 'shifts', a list "
+            "of {source, target, mapping}"
+        )
     target = ctx.dataset
     for shift in task.shifts:
         if shift.target != target.id:
