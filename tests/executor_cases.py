@@ -16,18 +16,19 @@ TASKS = ["zero_shot", "few_shot", "linear_probe"]
 
 
 def small_run(root: Path, name: str, **kw) -> RunConfig:
-    """random_init on two synthetic datasets, 8 images per split, under ``root/name``."""
-    return RunConfig(
-        models=["random_init"],
-        datasets=list(DATASETS),
-        tasks=list(TASKS),
-        limit=8,
-        bootstrap=10,
-        out=root / name / "out",
-        cache=root / name / "cache",
-        report=False,
-        **kw,
-    )
+    """random_init on two synthetic datasets, 8 images per split, under ``root/name``;
+    ``kw`` sets or overrides any option."""
+    options = {
+        "models": ["random_init"],
+        "datasets": list(DATASETS),
+        "tasks": list(TASKS),
+        "limit": 8,
+        "bootstrap": 10,
+        "out": root / name / "out",
+        "cache": root / name / "cache",
+        "report": False,
+    }
+    return RunConfig(**{**options, **kw})
 
 
 def values(out: Path) -> dict:

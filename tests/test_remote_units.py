@@ -185,3 +185,24 @@ def test_a_remote_driver_needs_no_gpu_for_a_cuda_run(host, tmp_path):
     tickets = _RemoteSpy.tickets
     assert len(tickets) == 2 and all(t.config.device == "cuda" for t in tickets)
     assert all(t.facts.weights_digest for t in tickets)
+
+
+@pytest.mark.parametrize("executor", ["loopback", "whole_unit"])
+def test_a_shift_cell_on_a_worker_reads_its_source_there(host, tmp_path, executor):
+    """A worker plans only its unit's dataset; a shift cell also needs the source's, which
+    the worker loads itself (engine.worker_pair), and the records equal the in-process ones."""
+    shift = {
+        "datasets": ["synth_glaucoma", "synth_glaucoma_camera_b"],
+        "tasks": ["linear_probe", "synth_shift"],
+    }
+    here = run(_config(tmp_path, "here", **shift), host)
+    there = run(_config(tmp_path, executor, executor=executor, **shift), host)
+    assert here.computed == there.computed > 0
+    reference, remote_values = (
+        values(tmp_path / "here" / "out"),
+        values(tmp_path / executor / "out"),
+    )
+    assert remote_values == reference
+    sources = {json.loads(cell).get("source") for cell in reference} - {None}
+    assert sources == {"synth_glaucoma", "synth_glaucoma_camera_b"}
+    assert all(v["status"] == "ok" for v in remote_values.values())
