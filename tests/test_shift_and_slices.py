@@ -429,3 +429,30 @@ def test_a_shift_task_without_shifts_and_a_missing_attribute_column_are_one_line
     assert host.add_plugin(Misdeclared, PluginInfo("mis", "fundbench-tests", "0")), host.problems
     with pytest.raises(DataError, match=r"labels.csv: no column\(s\) \['sex'\] for the declared"):
         load_dataset("toy_sexless", host=host)
+
+
+def test_the_report_marks_a_shift_worse_only_beyond_the_paired_interval(results):
+    """The matrix's drop is tested with the patient-clustered paired bootstrap on the
+    target's test images, which the shift and in-domain cells share."""
+    import html as html_module
+
+    from fundbench.eval.metrics import paired_bootstrap_difference
+    from fundbench.reporting.report import render_report
+    from fundbench.reporting.shift import paired_drop
+
+    shifted = _record(results, "toy_b", "toy_shift")
+    in_domain = _record(results, "toy_b", "toy_probe")
+    a, b = load_predictions(shifted), load_predictions(in_domain)
+    assert (a.image_ids == b.image_ids).all()
+    expected = paired_bootstrap_difference(
+        a.y_true, a.probs, b.probs, metric="aca", groups=a.patients, n_resamples=1000, seed=0
+    )
+    got = paired_drop(shifted, in_domain, "aca")
+    assert got.interval == expected.interval and got.difference == pytest.approx(
+        shifted["metrics"]["aca"]["value"] - in_domain["metrics"]["aca"]["value"]
+    )
+    low, high = expected.interval
+    render_report(results, results / "report.html")
+    page = html_module.unescape((results / "report.html").read_text())
+    assert f"95% CI [{low:+.3f}, {high:+.3f}]" in page
+    assert paired_drop(shifted, None, "aca") is None

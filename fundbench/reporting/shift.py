@@ -5,14 +5,21 @@ A shift cell (``cell["protocol"] == "domain_shift"``) fits on ``cell["source"]``
 and tests on ``cell["dataset"]``'s (the target's) test split, through
 ``details["class_mapping"]`` (source class -> target class; null: classes matched by name).
 The diagonal is each dataset's in-domain number: its ``linear_probe`` record with the same
-adapter. Off the diagonal each shift cell also shows its drop against the target's.
+adapter. Off the diagonal each shift cell also shows its drop against the target's, marked
+worse when the patient-clustered paired bootstrap on the shared test images puts the whole
+95% interval below zero (:func:`paired_drop`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
+from fundbench.api.errors import DataError
+from fundbench.eval.metrics import METRICS, PairedDifference, paired_bootstrap_difference
 from fundbench.reporting.clinical import metric_text
+from fundbench.runs.records import load_predictions
 
 PROTOCOL = "domain_shift"
 #: the protocol whose records with the same adapter are the in-domain reference
@@ -76,15 +83,51 @@ def _shifted(record: dict | None, reference: dict | None, metric: str) -> dict:
     value, base = _value(record, metric), _value(reference, metric)
     drop = "" if value is None or base is None else f"{value - base:+.3f}"
     n_train, n_test = record.get("n_train", "?"), record.get("n_test", "?")
+    paired = paired_drop(record, reference, metric) if drop else None
+    if paired is None:
+        significance, worse = "", bool(drop) and value < base
+    else:
+        low, high = paired.interval
+        significance = (
+            f" (paired bootstrap on the same test images, clustered by patient: 95% CI "
+            f"[{low:+.3f}, {high:+.3f}])"
+        )
+        worse = high < 0  # worse than in-domain beyond the resampling noise
     return _entry(
         "shift",
         metric_text((record.get("metrics") or {}).get(metric)),
         f"fitted on {source}'s train split ({n_train} images), tested on {target}'s test "
         f"split ({n_test} images); "
-        + (f"{drop} against {target} in-domain" if drop else "no in-domain result"),
+        + (f"{drop} against {target} in-domain{significance}" if drop else "no in-domain result"),
         n=f"n={n_test}",
         drop=drop,
-        worse=bool(drop) and value < base,
+        worse=worse,
+    )
+
+
+def paired_drop(record: dict, reference: dict | None, metric: str) -> PairedDifference | None:
+    """The shift cell's metric minus the in-domain cell's on the same target test images,
+    with the patient-clustered paired bootstrap; None when either has no readable
+    predictions or they are not of the same images."""
+    if reference is None or metric not in METRICS:
+        return None
+    try:
+        shifted, in_domain_ = load_predictions(record), load_predictions(reference)
+    except DataError:
+        return None
+    same = np.array_equal(shifted.image_ids, in_domain_.image_ids) and np.array_equal(
+        shifted.y_true, in_domain_.y_true
+    )
+    if not same or shifted.probs.shape != in_domain_.probs.shape:
+        return None
+    return paired_bootstrap_difference(
+        shifted.y_true,
+        shifted.probs,
+        in_domain_.probs,
+        metric=metric,
+        groups=shifted.patients,
+        n_resamples=1000,
+        seed=0,
     )
 
 
