@@ -16,6 +16,11 @@ library's, never ours):
   padding (``ImageScaling`` of FLAIR and KeepFIT);
 * ``stretch``: torchvision ``Resize((resolution, resolution))`` on the PIL image.
 
+``tensor_resize`` moves the ``center_crop``/``stretch`` resize from the PIL image to the uint8
+tensor (torchvision ``Resize`` on ``read_image``'s output, antialiased as ``antialias``
+says), for authors whose pipeline is ``torchvision.io.read_image`` -> ``v2.Resize``
+(RETFound-Green): PIL's and torchvision's resampling round differently.
+
 Decoding is exact (full resolution) unless ``draft`` is set: an opt-in speed trick that lets
 libjpeg skip detail, which changes pixels and is therefore part of the digest.
 """
@@ -65,6 +70,9 @@ class PreprocessConfig:
         0.17, and what FLAIR's and KeepFIT's loaders get).
     draft: opt-in reduced-size JPEG decoding (PIL draft mode, scale 1/2 to 1/8). Faster on
         large photographs, but not the authors' pixels: never on in a paper suite.
+    tensor_resize: resize the uint8 tensor with torchvision instead of the PIL image (see the
+        module docstring). Left out of :meth:`as_dict` when off, so the digests of configs
+        from before the field existed are unchanged.
     """
 
     resolution: int = 224
@@ -78,9 +86,13 @@ class PreprocessConfig:
     reader: Literal["pil_rgb", "keepfit_array"] = "pil_rgb"
     antialias: bool = True
     draft: bool = False
+    tensor_resize: bool = False
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not data["tensor_resize"]:
+            del data["tensor_resize"]
+        return data
 
     def digest(self) -> str:
         text = json.dumps(self.as_dict(), sort_keys=True)
@@ -114,6 +126,8 @@ class PreprocessConfig:
         FLAIR/KeepFIT's float32 canvas in ``pad`` mode, whose resize works on float pixels."""
         if self.mode == "pad":
             return self._canvas(image)
+        if self.tensor_resize:
+            return self._resize_tensor(_tv()[0].pil_to_tensor(self._rgb(image)))
         return _tv()[0].pil_to_tensor(self._resize_pil(self._rgb(image)))
 
     def device_stage(self, batch: torch.Tensor) -> torch.Tensor:
@@ -146,6 +160,16 @@ class PreprocessConfig:
             return tf.resize(image, [self.resolution, self.resolution], interpolation)
         image = tf.resize(image, int(self.resolution / self.crop_pct), interpolation)
         return tf.center_crop(image, [self.resolution, self.resolution])
+
+    def _resize_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """:meth:`_resize_pil` on a uint8 [3, H, W] tensor (torchvision's tensor kernels)."""
+        tf, modes = _tv()
+        interpolation = modes(self.interpolation)
+        res = self.resolution
+        if self.mode == "stretch":
+            return tf.resize(tensor, [res, res], interpolation, antialias=self.antialias)
+        tensor = tf.resize(tensor, int(res / self.crop_pct), interpolation, antialias=self.antialias)
+        return tf.center_crop(tensor, [res, res])
 
     def _canvas(self, image: Image.Image) -> torch.Tensor:
         """FLAIR/KeepFIT ``LoadImage`` + ``ImageScaling`` (flair.md section 1.5)."""

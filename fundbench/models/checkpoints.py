@@ -15,11 +15,12 @@ Every model plugin loads its weights through these few functions:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,16 +39,24 @@ HF_WEIGHT_FILES = (
 )
 
 
+#: The class a whole training checkpoint pickles besides tensors (its command-line ``args``,
+#: e.g. VisionFM's iBOT and UrFound's MAE checkpoints): pass it as ``allowed_classes``.
+TRAINING_ARGS: tuple[type, ...] = (argparse.Namespace,)
+
 #: what :func:`read_checkpoint` reads
 NOT_A_CHECKPOINT = "not a PyTorch/safetensors checkpoint"
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path, allowed_classes: Sequence[type] = ()) -> dict:
     """The top-level dict of a checkpoint file, read without executing any pickled code.
 
     The format is told by the file's first bytes (a ``.safetensors`` name is trusted), so a
     text file, an empty file or a truncated archive is one :class:`CheckpointError` saying
     it is not a checkpoint, whatever ``torch.load`` or safetensors would raise on it.
+
+    ``allowed_classes``: the only classes besides tensors and plain containers that the
+    unpickler may build, for whole training checkpoints that pickle their command-line
+    arguments (``argparse.Namespace``, see :data:`TRAINING_ARGS`). Any other class is refused.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -67,16 +76,19 @@ def read_checkpoint(path: str | Path) -> dict:
             ) from None
     try:
         try:  # memory-map zip checkpoints: a 1.3 GB file is not copied into RAM twice
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
+            with torch.serialization.safe_globals(list(allowed_classes)):
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
         except RuntimeError as exc:
             if "mmap" not in str(exc) and "zip" not in str(exc):
                 raise
-            data = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+            with torch.serialization.safe_globals(list(allowed_classes)):
+                data = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):  # garbage opcodes, not a refused class
             raise CheckpointError(f"{path}: {NOT_A_CHECKPOINT} ({_torch_reason(exc)})") from None
+        allowed = "".join(f", {c.__module__}.{c.__qualname__}" for c in allowed_classes)
         raise CheckpointError(
-            f"{path}: refuses to unpickle objects other than tensors and plain containers "
+            f"{path}: refuses to unpickle objects other than tensors, plain containers{allowed} "
             f"({_torch_reason(exc)}); re-save the state dict alone, e.g. "
             "torch.save(ckpt['model'], 'clean.pth')"
         ) from None
@@ -237,6 +249,57 @@ def interpolate_pos_embed(
     patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
     patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(pos_embed.dtype)
     return torch.cat([prefix, patches], dim=1)
+
+
+def resize_vit_pos_embed(
+    state: dict[str, torch.Tensor], module: torch.nn.Module, key: str = "pos_embed"
+) -> dict[str, torch.Tensor]:
+    """``state`` with its ``pos_embed`` interpolated to the patch grid of ``module`` (a timm
+    ViT) by :func:`interpolate_pos_embed`, when the grids differ: a checkpoint trained at
+    another resolution (DINOv2's 37x37 at 518 px) or a ``resolution`` option. A position
+    embedding that cannot be resized is left as it is, for the strict check to report."""
+    pos = state.get(key)
+    target = getattr(module, "pos_embed", None)
+    if pos is None or target is None or pos.ndim != 3 or tuple(pos.shape) == tuple(target.shape):
+        return state
+    grid = module.patch_embed.grid_size
+    prefix = 0 if getattr(module, "no_embed_class", False) else module.num_prefix_tokens
+    if grid[0] != grid[1] or pos.shape[-1] != target.shape[-1]:
+        return state
+    try:
+        resized = interpolate_pos_embed(pos, grid[0], prefix)
+    except CheckpointError:
+        return state
+    return {**state, key: resized}
+
+
+def materialize_missing(module: torch.nn.Module) -> None:
+    """Give the parameters a checkpoint was allowed to leave out (a fresh ``fc_norm``) their
+    initial values on the CPU, after loading into a module built on the meta device."""
+    for name, sub in module.named_modules():
+        tensors = [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]
+        if any(t.is_meta for t in tensors):
+            if not hasattr(sub, "reset_parameters"):
+                raise RuntimeError(f"module {name!r} was not loaded and cannot be reset")
+            sub.to_empty(device="cpu", recurse=False)
+            sub.reset_parameters()
+
+
+def load_meta_module(
+    module: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: str | Path,
+    model: str,
+    allowances: Iterable[Allowance] = (),
+) -> torch.nn.Module:
+    """Check ``state`` strictly against ``module`` (built on the meta device, so no random
+    initialisation is paid for), load it in fp32 by assignment, initialise the allowed-missing
+    parameters, and return the module in eval mode."""
+    state = check_state_dict(module.state_dict(), state, path, model, allowances)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    module.load_state_dict(state, strict=False, assign=True)
+    materialize_missing(module)
+    return module.eval()
 
 
 def hf_weight_files(folder: Path) -> list[Path]:

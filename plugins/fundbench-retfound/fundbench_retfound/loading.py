@@ -26,9 +26,9 @@ import torch
 from fundbench.api.errors import CheckpointError, ConfigError
 from fundbench.models.checkpoints import (
     Allowance,
-    check_state_dict,
-    interpolate_pos_embed,
+    load_meta_module,
     read_checkpoint,
+    resize_vit_pos_embed,
     strip_prefix,
     unwrap,
 )
@@ -130,26 +130,6 @@ def prepare_dinov2_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def resize_pos_embed(
-    state: dict[str, torch.Tensor], module: torch.nn.Module
-) -> dict[str, torch.Tensor]:
-    """Interpolate the file's ``pos_embed`` to the model's patch grid as RETFound does
-    (ref. §2.2 step 4): a different ``resolution``, or DINOv2's 37x37 (518 px) -> 16x16.
-    A ``pos_embed`` that cannot be resized is left for the strict check to report."""
-    pos = state.get("pos_embed")
-    target = module.pos_embed.shape
-    if pos is None or pos.ndim != 3 or tuple(pos.shape) == tuple(target):
-        return state
-    grid = module.patch_embed.grid_size
-    if grid[0] != grid[1]:
-        return state
-    try:
-        resized = interpolate_pos_embed(pos, grid[0], module.num_prefix_tokens)
-    except CheckpointError:
-        return state
-    return {**state, "pos_embed": resized}
-
-
 def family_hint(data: Mapping, state: Mapping[str, torch.Tensor], family: str) -> str:
     """A pointer to the model that fits when a file is clearly of the other family."""
     if family == "mae":
@@ -181,24 +161,10 @@ def load_checkpoint(
     except CheckpointError as exc:  # e.g. {'teacher': ...} given to an MAE model
         raise CheckpointError(f"{exc}{family_hint(data, {}, family)}") from None
     state = raw if family == "mae" else prepare_dinov2_state(raw)
-    state = resize_pos_embed(state, module)
+    # pos_embed interpolated as RETFound does (ref. §2.2 step 4); fp16/bf16 files are computed
+    # in fp32 like the released fp32 weights (ref. §2.4)
+    state = resize_vit_pos_embed(state, module)
     try:
-        state = check_state_dict(module.state_dict(), state, path, model_name, allowances)
+        load_meta_module(module, state, path, model_name, allowances)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}{family_hint(data, raw, family)}") from None
-    # fp16/bf16 conversions are computed in fp32 like the released fp32 weights (ref. §2.4).
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    module.load_state_dict(state, strict=False, assign=True)
-    _materialize_missing(module)
-    module.eval()
-
-
-def _materialize_missing(module: torch.nn.Module) -> None:
-    """Give allowed-missing parameters (fc_norm) their fresh initial values on the CPU."""
-    for name, sub in module.named_modules():
-        tensors = [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]
-        if any(t.is_meta for t in tensors):
-            if not hasattr(sub, "reset_parameters"):  # pragma: no cover - timm changed
-                raise RuntimeError(f"encoder module {name!r} was not loaded and cannot be reset")
-            sub.to_empty(device="cpu", recurse=False)
-            sub.reset_parameters()
