@@ -60,6 +60,18 @@ class Model(abc.ABC):
     #: The model's own zero-shot templates (e.g. FLAIR's "A fundus photograph of {}"); used
     #: with the dataset's class descriptions unless the user passes --prompts.
     prompt_templates: tuple[str, ...] | None = None
+    #: The model's own prompt file (the ``--prompts`` format: templates and descriptions by
+    #: class name, or by dataset), for a text tower that does not read the datasets' English
+    #: descriptions (RET-CLIP's Chinese BERT). Used unless the user passes --prompts; a
+    #: dataset whose classes it does not describe gets zero-shot not applicable.
+    prompt_file: str | None = None
+    #: Zero-shot heads chosen by the image's eye (RET-CLIP's left- and right-eye heads): the
+    #: eyes, in the order their embeddings are concatenated in both :meth:`encode_images` and
+    #: :meth:`encode_texts` (``[N, len(eye_views) * d]``). Zero-shot scores each image in the
+    #: block of its eye with that eye's entry of ``eye_logit_scales``; an image whose eye is
+    #: unknown makes the cell not applicable. Empty: one shared space (every other model).
+    eye_views: tuple[str, ...] = ()
+    eye_logit_scales: tuple[float, ...] = ()
     default_batch_size: ClassVar[int] = 32
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -108,6 +120,14 @@ class Model(abc.ABC):
         when a text tower exists but is unusable, e.g. its tokenizer is not on this disk."""
         return None if self.has_text_tower else "model has no text tower"
 
+    @property
+    def text_invalid_reason(self) -> str | None:
+        """Why the text tower runs but its embeddings are meaningless (a released file whose
+        text encoder embeds every text alike, found by a sanity check such as
+        :func:`fundbench.models.contract.unrelated_texts_problem`), or None. Zero-shot and
+        text-initialised cells are then recorded as *invalid* with this reason."""
+        return None
+
     def to(self, device: str | torch.device) -> Model:
         """Move every torch module and tensor the model holds to ``device``: attributes, and
         inside lists, tuples and dicts, at any depth (see :meth:`tensors`)."""
@@ -145,11 +165,15 @@ class Model(abc.ABC):
 
     def zero_shot_convention(self) -> dict:
         """How this model's zero-shot numbers are defined (recorded with every such cell)."""
-        return {
+        convention = {
             "prototype": self.zero_shot_prototype,
             "logit_scale": round(float(self.logit_scale), 6),
             "logit_scale_rule": self.logit_scale_rule,
         }
+        if self.eye_views:  # only then, so other models' records keep their fingerprints
+            convention["eye_views"] = list(self.eye_views)
+            convention["eye_logit_scales"] = [round(float(s), 6) for s in self.eye_logit_scales]
+        return convention
 
 
 def state_dict_digest(module: torch.nn.Module) -> str:

@@ -114,3 +114,23 @@ def load_prompts(definition: DatasetDefinition, user_file: Path | None = None) -
     if None not in sets and definition.id not in sets:
         raise ConfigError(f"{source}: no prompts for dataset {definition.id!r} under 'datasets'")
     return _select(sets.get(None) or sets[definition.id], source, definition.classes)
+
+
+def load_model_prompts(
+    definition: DatasetDefinition, path: str | Path, model: str
+) -> tuple[PromptSet | None, str | None]:
+    """A model's own prompt set for a dataset (``Model.prompt_file``), or (None, why not):
+    unlike a user's file, a model's file that does not describe a dataset's classes makes
+    that dataset's zero-shot not applicable instead of failing the run."""
+    sets = read_prompt_file(path)
+    parsed = sets.get(definition.id) or sets.get(None)
+    if parsed is None:
+        return None, f"{model}'s own prompts ({Path(path).name}) have no set for dataset " \
+            f"{definition.id!r}; pass --prompts FILE in the model's language"
+    missing = [c for c in definition.classes if not parsed[1].get(c)]
+    if missing:
+        return None, (
+            f"{model}'s own prompts ({Path(path).name}) describe no class(es) {missing} of "
+            f"dataset {definition.id!r}; pass --prompts FILE in the model's language"
+        )
+    return _select(parsed, f"{path} ({model}'s own prompts)", definition.classes), None

@@ -99,6 +99,8 @@ class Features:
     val_y: np.ndarray | None = None
     #: each test image's eye ("" when unknown), for eye-level aggregation
     test_eyes: np.ndarray | None = None
+    #: the val split's eyes (zero-shot with per-eye heads predicts val rows too)
+    val_eyes: np.ndarray | None = None
     #: the dataset's declared subgroup attributes of each test image (name -> values)
     test_attrs: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -108,6 +110,14 @@ class Features:
         if self.val_x is None or not len(self.val_x):
             return self.test_x, len(self.test_x)
         return np.concatenate([self.test_x, self.val_x]), len(self.test_x)
+
+    def evaluation_eyes(self) -> np.ndarray | None:
+        """The eyes of :meth:`evaluation_x`'s rows, in its order (None when not recorded)."""
+        if self.test_eyes is None:
+            return None
+        if self.val_x is None or not len(self.val_x):
+            return self.test_eyes
+        return None if self.val_eyes is None else np.concatenate([self.test_eyes, self.val_eyes])
 
     def resplit(self, fold: int, test: float, train: float) -> Features:
         """FLAIR/KeepFIT's ``get_dataloader_splits`` (flair.md section 4.4): per class,
@@ -159,6 +169,7 @@ class Features:
             val_x=x[val],
             val_y=table["label"].to_numpy()[val],
             test_eyes=table["eye"].to_numpy()[test] if "eye" in table else None,
+            val_eyes=table["eye"].to_numpy()[val] if "eye" in table else None,
             test_attrs=attrs,
         )
 
@@ -215,12 +226,20 @@ class Context:
         work_dir: Path | None = None,
         identity: Mapping | None = None,
         model_spec: ModelSpec | None = None,
+        text_invalid_reason: str | None = None,
+        eye_views: tuple[str, ...] = (),
+        eye_logit_scales: tuple[float, ...] = (),
     ) -> None:
         self.model_name = model_name
         self.dataset = dataset
         self.logit_scale = logit_scale
         #: why text-based cells are not applicable (no text tower, no prompts), else None
         self.no_text_reason = no_text_reason
+        #: why the model's text tower is defective (its own sanity check), else None
+        self.text_invalid_reason = text_invalid_reason
+        #: the model's per-eye zero-shot heads (``Model.eye_views``) and their logit scales
+        self.eye_views = tuple(eye_views)
+        self.eye_logit_scales = tuple(eye_logit_scales)
         self._load_features = load_features
         self._load_text_weights = load_text_weights
         #: the few-shot heads a task may name (registered by plugins)
@@ -273,7 +292,10 @@ class Context:
     @functools.cached_property
     def text_problem(self) -> str | None:
         """Why text-based numbers would be meaningless (distinct classes' prompts embed the
-        same: the contract's text rule), else None. Reads the text embeddings."""
+        same: the contract's text rule; or the model's own sanity check failed), else None.
+        Reads the text embeddings."""
+        if self.text_invalid_reason:
+            return self.text_invalid_reason
         return text_tower_problem(self.text_weights, list(self.dataset.classes))
 
     def invalid_text(self) -> Outcome | None:
@@ -366,8 +388,18 @@ def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, 
                 f = view()
 
                 x, n_test = f.evaluation_x()
+                eyes = None
+                if ctx.eye_views:
+                    eyes, problem = _eyes_for_heads(ctx, f)
+                    if problem:
+                        return Outcome(reason=problem)
 
                 def fit() -> tuple[np.ndarray, dict, int]:
+                    if eyes is not None:
+                        probs = zero_shot.zero_shot_probs_by_eye(
+                            x, ctx.text_weights, eyes, ctx.eye_views, ctx.eye_logit_scales
+                        )
+                        return probs, {"eye_heads": list(ctx.eye_views)}, 0
                     probs = zero_shot.zero_shot_probs(x, ctx.text_weights, ctx.logit_scale)
                     return probs, {}, 0
 
@@ -376,16 +408,37 @@ def zero_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, 
             yield cell, compute
 
 
+def _eyes_for_heads(ctx: Context, f: Features) -> tuple[list[str] | None, str | None]:
+    """Each evaluated image's eye for a model with per-eye heads, or why there are none."""
+    raw = f.evaluation_eyes()
+    sides = [zero_shot.eye_side(v) for v in raw] if raw is not None else []
+    unknown = len(f.evaluation_x()[0]) - sum(s in ctx.eye_views for s in sides)
+    if raw is None or unknown:
+        how = "records no eyes" if raw is None or not any(sides) else f"has {unknown} images without"
+        return None, (
+            f"{ctx.model_name} scores each image with the head of its eye "
+            f"({'/'.join(ctx.eye_views)}), and dataset {ctx.dataset.id!r} {how} a left or "
+            "right eye; choose one head for every image with the model's text_head option"
+        )
+    return sides, None
+
+
 def few_shot_cells(ctx: Context, task: TaskDefinition) -> Iterator[tuple[Cell, Compute]]:
     n_classes = len(ctx.dataset.classes)  # features are read only when a cell computes
     runnable = []
     for adapter in task.adapters:
         if adapter not in ctx.heads:
             raise ValueError(f"unknown few-shot head {adapter!r}; choose from {sorted(ctx.heads)}")
-        if ctx.heads[adapter].uses_text and ctx.no_text_reason:
+        text_reason = ctx.no_text_reason or (
+            f"{ctx.model_name}'s text heads are chosen per eye ({'/'.join(ctx.eye_views)}); "
+            "a text-initialised head has one space: use the model's text_head option"
+            if ctx.eye_views
+            else None
+        )
+        if ctx.heads[adapter].uses_text and text_reason:
             # One record per adapter says why; k and seed do not apply to it.
             cell = Cell(ctx.model_name, ctx.dataset.id, task.name, task.protocol, adapter)
-            yield cell, lambda: Outcome(reason=ctx.no_text_reason)
+            yield cell, lambda reason=text_reason: Outcome(reason=reason)
         else:
             runnable.append(adapter)
     views = dict(_views(ctx, task)) if task.resplit else {}

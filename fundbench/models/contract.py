@@ -203,3 +203,38 @@ def text_tower_problem(prototypes: np.ndarray, classes: list[str]) -> str | None
         f"the text tower gives the same embedding for the distinct prompts of {which} "
         "(contract rule 'text-distinct'); zero-shot scores would be chance, not the model's"
     )
+
+
+#: Unrelated texts for :func:`unrelated_texts_problem`: a working text tower embeds them
+#: apart; a defective one (EyeCLIP issue #10: one vector for any text) does not.
+UNRELATED_TEXTS = (
+    "a fundus photograph of proliferative diabetic retinopathy",
+    "an OCT scan with a full-thickness macular hole",
+    "glaucoma",
+    "a photo of a red bicycle in the snow",
+)
+#: two unrelated texts whose embeddings have a cosine above this count as the same
+UNRELATED_MAX_COSINE = 0.999
+
+
+def unrelated_texts_problem(
+    embeddings: np.ndarray, texts: tuple[str, ...] = UNRELATED_TEXTS
+) -> str | None:
+    """Why a text tower is defective, judged from its embeddings of ``texts`` (texts that
+    share no meaning), or None when they are apart. Any pair above
+    :data:`UNRELATED_MAX_COSINE`, or a non-finite value, fails."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if not np.isfinite(x).all():
+        return "the text tower returns NaN or infinite embeddings"
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    cosines = unit @ unit.T
+    np.fill_diagonal(cosines, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(cosines)), cosines.shape)
+    worst = float(cosines[i, j])
+    if worst <= UNRELATED_MAX_COSINE:
+        return None
+    return (
+        f"the text tower fails its sanity check: unrelated texts embed alike (cosine "
+        f"{worst:.6f} between {texts[i]!r} and {texts[j]!r}, above {UNRELATED_MAX_COSINE}); "
+        "zero-shot scores would not be the model's"
+    )

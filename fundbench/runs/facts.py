@@ -45,9 +45,13 @@ class ModelFacts:
     prompt_templates: tuple[str, ...] | None
     logit_scale: float
     text_unavailable_reason: str | None
+    text_invalid_reason: str | None
     convention: dict
     description: dict
     feature_key: str
+    prompt_file: str | None = None
+    eye_views: tuple[str, ...] = ()
+    eye_logit_scales: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, model: Model) -> ModelFacts:
@@ -63,9 +67,13 @@ class ModelFacts:
             prompt_templates=tuple(model.prompt_templates) if model.prompt_templates else None,
             logit_scale=float(model.logit_scale),
             text_unavailable_reason=model.text_unavailable_reason,
+            text_invalid_reason=model.text_invalid_reason,
             convention=model.zero_shot_convention(),
             description=model.describe(),
             feature_key=model_cache_key(model),
+            prompt_file=str(model.prompt_file) if model.prompt_file else None,
+            eye_views=tuple(model.eye_views),
+            eye_logit_scales=tuple(float(s) for s in model.eye_logit_scales),
         )
 
     def zero_shot_convention(self) -> dict:
@@ -90,6 +98,9 @@ class ModelFacts:
         data["preprocess_config"] = PreprocessConfig(**pre)
         data["modalities"] = frozenset(data["modalities"])
         data["pretraining_datasets"] = tuple(data["pretraining_datasets"])
+        data.setdefault("text_invalid_reason", None)  # facts cached before the field existed
+        data["eye_views"] = tuple(data.get("eye_views", ()))
+        data["eye_logit_scales"] = tuple(data.get("eye_logit_scales", ()))
         if data["prompt_templates"] is not None:
             data["prompt_templates"] = tuple(data["prompt_templates"])
         return cls(**data)

@@ -14,7 +14,7 @@ import numpy as np
 from fundbench.api.definitions import TaskDefinition, digest_of
 from fundbench.data.contamination import evidence
 from fundbench.data.datasets import Dataset
-from fundbench.data.prompts import load_prompts
+from fundbench.data.prompts import load_model_prompts, load_prompts
 from fundbench.eval import slices
 from fundbench.eval.cells import (
     Cell,
@@ -86,7 +86,13 @@ class PairPlan:
     ) -> PairPlan:
         """``datasets`` finds the run's other datasets by id (the sources of shift tasks)."""
         entry, model = mr.entry, mr.facts
-        prompts = load_prompts(dataset.definition, config.prompts)
+        prompt_reason = None
+        if config.prompts is None and model.prompt_file:
+            prompts, prompt_reason = load_model_prompts(
+                dataset.definition, model.prompt_file, entry.name
+            )
+        else:
+            prompts = load_prompts(dataset.definition, config.prompts)
         if prompts is not None and config.prompts is None and model.prompt_templates:
             prompts = replace(
                 prompts,
@@ -120,7 +126,10 @@ class PairPlan:
             entry.name,
             dataset,
             logit_scale=float(model.logit_scale),
-            no_text_reason=_no_text_reason(model, dataset, prompts),
+            no_text_reason=_no_text_reason(model, dataset, prompts, prompt_reason),
+            text_invalid_reason=model.text_invalid_reason,
+            eye_views=model.eye_views,
+            eye_logit_scales=model.eye_logit_scales,
             load_features=lambda: Features.from_dataset(dataset, pair.embeddings(config, store)),
             load_source=lambda name: _source(name, datasets, mr, config, store),
             load_text_weights=lambda: _text_weights(mr.model, dataset, prompts),
@@ -375,10 +384,14 @@ def _metric_ids(host: Host) -> list[str]:
     return [f"{e.name}@{e.plugin.distribution}=={e.plugin.version}" for e in host.metrics]
 
 
-def _no_text_reason(model: Model, dataset: Dataset, prompts) -> str | None:
+def _no_text_reason(
+    model: Model, dataset: Dataset, prompts, prompt_reason: str | None = None
+) -> str | None:
     reason = model.text_unavailable_reason
     if reason:
         return reason
+    if prompt_reason:
+        return prompt_reason
     if prompts is None:
         return f"dataset {dataset.id!r} defines no prompts"
     return None
@@ -399,6 +412,7 @@ def _text_weights(model: Model, dataset: Dataset, prompts) -> np.ndarray:
         prompts.descriptions,
         list(dataset.classes),
         prototype=model.zero_shot_prototype,
+        blocks=len(model.eye_views) or 1,
     )
 
 
