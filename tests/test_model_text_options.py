@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import toy_plugin
 import torch
 import torch.nn.functional as F
+import toy_plugin
 import yaml
 
 from fundbench import hookimpl
+from fundbench.data.datasets import load_dataset
+from fundbench.data.prompts import load_prompts
 from fundbench.eval.protocols import zero_shot
 from fundbench.host.registry import PluginInfo
 from fundbench.runs.engine import RunConfig, run
-from fundbench.data.datasets import load_dataset
-from fundbench.data.prompts import load_prompts
 from fundbench.runs.records import iter_records, load_predictions
 
 
@@ -38,7 +38,9 @@ class EyeHeadsClip(toy_plugin.ToyClip):
     def __init__(self) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(5)
-        self.rotation = torch.linalg.qr(torch.randn(toy_plugin.DIM, toy_plugin.DIM, generator=gen))[0]
+        self.rotation = torch.linalg.qr(torch.randn(toy_plugin.DIM, toy_plugin.DIM, generator=gen))[
+            0
+        ]
 
     def encode_images(self, batch):
         left = super().encode_images(batch)
@@ -119,7 +121,10 @@ def host(toy_host, tmp_path):
     prompts = tmp_path / "own.yaml"
     prompts.write_text(
         yaml.safe_dump(
-            {"templates": ["colour {}"], "classes": {"red": ["red"], "green": ["green"], "blue": ["blue"]}}
+            {
+                "templates": ["colour {}"],
+                "classes": {"red": ["red"], "green": ["green"], "blue": ["blue"]},
+            }
         )
     )
     OwnPromptsClip.prompt_file = str(prompts)
@@ -188,7 +193,9 @@ def test_text_initialised_heads_are_not_applicable_with_eye_heads(host, tmp_path
 
 
 def test_a_defective_text_tower_makes_zero_shot_invalid_with_the_models_reason(host, tmp_path):
-    records = _run(host, tmp_path / "out", "toy_defective_text", tasks=("zero_shot", "linear_probe"))
+    records = _run(
+        host, tmp_path / "out", "toy_defective_text", tasks=("zero_shot", "linear_probe")
+    )
     status = {r["cell"]["protocol"]: (r["status"], r.get("reason")) for r in records}
     assert status["zero_shot"] == ("invalid", "the text tower fails its sanity check (toy)")
     assert status["linear_probe"][0] == "ok"
@@ -223,6 +230,23 @@ def test_blockwise_prototypes_normalise_each_block():
         lambda ts: np.array([table[t] for t in ts]), ["{}"], texts, ["a", "b"], blocks=2
     )
     for row in proto:
-        assert np.linalg.norm(row[:2]) == pytest.approx(1) and np.linalg.norm(row[2:]) == pytest.approx(1)
+        assert np.linalg.norm(row[:2]) == pytest.approx(1) and np.linalg.norm(
+            row[2:]
+        ) == pytest.approx(1)
     expected_a_left = np.array([0.6, 0.8]) + np.array([0.0, 1.0])
-    np.testing.assert_allclose(proto[0, :2], expected_a_left / np.linalg.norm(expected_a_left), atol=1e-6)
+    np.testing.assert_allclose(
+        proto[0, :2], expected_a_left / np.linalg.norm(expected_a_left), atol=1e-6
+    )
+
+
+def test_unrelated_texts_check_fails_alike_and_zero_embeddings_and_passes_distinct_ones():
+    from fundbench.models.contract import UNRELATED_TEXTS, unrelated_texts_problem
+
+    rng = np.random.default_rng(0)
+    distinct = rng.normal(size=(len(UNRELATED_TEXTS), 16))
+    assert unrelated_texts_problem(distinct) is None
+    alike = np.tile(distinct[:1], (len(UNRELATED_TEXTS), 1)) + 1e-6 * distinct
+    problem = unrelated_texts_problem(alike)
+    assert "sanity check" in problem and "cosine 1.000000" in problem
+    assert "all-zero" in unrelated_texts_problem(np.zeros_like(distinct))
+    assert "NaN" in unrelated_texts_problem(np.full_like(distinct, np.nan))

@@ -72,6 +72,11 @@ class Model(abc.ABC):
     #: unknown makes the cell not applicable. Empty: one shared space (every other model).
     eye_views: tuple[str, ...] = ()
     eye_logit_scales: tuple[float, ...] = ()
+    #: Why the text tower runs but its embeddings are meaningless (a released file whose text
+    #: encoder embeds every text alike), or None: set it from a sanity check at build time
+    #: (:func:`fundbench.models.contract.unrelated_texts_problem`). Zero-shot and
+    #: text-initialised cells are then recorded as *invalid* with this reason.
+    text_invalid_reason: str | None = None
     default_batch_size: ClassVar[int] = 32
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -119,14 +124,6 @@ class Model(abc.ABC):
         """Why zero-shot cannot run (reported on its cells), or None when it can. Override
         when a text tower exists but is unusable, e.g. its tokenizer is not on this disk."""
         return None if self.has_text_tower else "model has no text tower"
-
-    @property
-    def text_invalid_reason(self) -> str | None:
-        """Why the text tower runs but its embeddings are meaningless (a released file whose
-        text encoder embeds every text alike, found by a sanity check such as
-        :func:`fundbench.models.contract.unrelated_texts_problem`), or None. Zero-shot and
-        text-initialised cells are then recorded as *invalid* with this reason."""
-        return None
 
     def to(self, device: str | torch.device) -> Model:
         """Move every torch module and tensor the model holds to ``device``: attributes, and

@@ -162,13 +162,18 @@ class PreprocessConfig:
         return tf.center_crop(image, [self.resolution, self.resolution])
 
     def _resize_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        """:meth:`_resize_pil` on a uint8 [3, H, W] tensor (torchvision's tensor kernels)."""
-        tf, modes = _tv()
-        interpolation = modes(self.interpolation)
+        """:meth:`_resize_pil` on a uint8 [3, H, W] tensor with ``transforms.v2``'s kernels,
+        as ``v2.Resize`` does it: on CPUs with AVX2 its uint8 bilinear path rounds differently
+        (by one level) from the v1 functional, which resizes in float."""
+        from torchvision.transforms.v2 import functional as tf
+
+        interpolation = _tv()[1](self.interpolation)
         res = self.resolution
         if self.mode == "stretch":
             return tf.resize(tensor, [res, res], interpolation, antialias=self.antialias)
-        tensor = tf.resize(tensor, int(res / self.crop_pct), interpolation, antialias=self.antialias)
+        tensor = tf.resize(
+            tensor, int(res / self.crop_pct), interpolation, antialias=self.antialias
+        )
         return tf.center_crop(tensor, [res, res])
 
     def _canvas(self, image: Image.Image) -> torch.Tensor:

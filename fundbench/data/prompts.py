@@ -125,8 +125,11 @@ def load_model_prompts(
     sets = read_prompt_file(path)
     parsed = sets.get(definition.id) or sets.get(None)
     if parsed is None:
-        return None, f"{model}'s own prompts ({Path(path).name}) have no set for dataset " \
-            f"{definition.id!r}; pass --prompts FILE in the model's language"
+        return (
+            None,
+            f"{model}'s own prompts ({Path(path).name}) have no set for dataset "
+            f"{definition.id!r}; pass --prompts FILE in the model's language",
+        )
     missing = [c for c in definition.classes if not parsed[1].get(c)]
     if missing:
         return None, (

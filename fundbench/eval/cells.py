@@ -414,7 +414,9 @@ def _eyes_for_heads(ctx: Context, f: Features) -> tuple[list[str] | None, str | 
     sides = [zero_shot.eye_side(v) for v in raw] if raw is not None else []
     unknown = len(f.evaluation_x()[0]) - sum(s in ctx.eye_views for s in sides)
     if raw is None or unknown:
-        how = "records no eyes" if raw is None or not any(sides) else f"has {unknown} images without"
+        how = (
+            "records no eyes" if raw is None or not any(sides) else f"has {unknown} images without"
+        )
         return None, (
             f"{ctx.model_name} scores each image with the head of its eye "
             f"({'/'.join(ctx.eye_views)}), and dataset {ctx.dataset.id!r} {how} a left or "

@@ -226,7 +226,10 @@ def unrelated_texts_problem(
     x = np.asarray(embeddings, dtype=np.float64)
     if not np.isfinite(x).all():
         return "the text tower returns NaN or infinite embeddings"
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms < 1e-8).any():
+        return "the text tower fails its sanity check: it returns all-zero embeddings"
+    unit = x / norms
     cosines = unit @ unit.T
     np.fill_diagonal(cosines, -np.inf)
     i, j = np.unravel_index(int(np.argmax(cosines)), cosines.shape)

@@ -99,7 +99,9 @@ def zero_shot_probs_by_eye(
     text_blocks = np.split(np.asarray(text_x), n_views, axis=1)
     eyes_arr = np.asarray(eyes)
     probs = np.zeros((len(eyes_arr), text_blocks[0].shape[0]))
-    for view, scale, images, texts in zip(views, logit_scales, image_blocks, text_blocks, strict=True):
+    for view, scale, images, texts in zip(
+        views, logit_scales, image_blocks, text_blocks, strict=True
+    ):
         rows = eyes_arr == view
         if rows.any():
             probs[rows] = zero_shot_probs(images[rows], texts, scale)

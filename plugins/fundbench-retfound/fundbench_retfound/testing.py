@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from fundbench.testing.fakes import random_state_dict
+
 #: the MAE decoder's block tensors and shapes at width 512, MLP 2048 (retfound.md §2.4)
 _DECODER_BLOCK = {
     "norm1.weight": (512,),
@@ -25,20 +27,8 @@ _DECODER_BLOCK = {
 }
 
 
-def fake_state_dict(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
-    """Random tensors at trained-like scales: norm weights near 1, LayerScale near 0.1, the
-    rest small, so a ViT built from them gives distinct, finite embeddings."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in shapes.items():
-        noise = torch.randn(shape, generator=gen)
-        if key.endswith(".weight") and "norm" in key.rsplit(".", 2)[-2]:
-            out[key] = noise.mul_(0.1).add_(1.0)
-        elif key.endswith("gamma"):
-            out[key] = noise.mul_(0.05).add_(0.1)
-        else:
-            out[key] = noise.mul_(0.02)
-    return out
+#: random weights at trained-like scales (norm weights near 1, LayerScale near 0.1)
+fake_state_dict = random_state_dict
 
 
 def meta_shapes(arch: str, **kwargs) -> dict[str, tuple[int, ...]]:
