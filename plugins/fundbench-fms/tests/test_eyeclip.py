@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fundbench_fms.fakes import awkward_images as write_awkward_images
 from fundbench_fms.fakes.eyeclip import (
     clip_shapes,
     decoder_shapes,
@@ -175,17 +176,8 @@ def _clip_transform(image: Image.Image) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def awkward_images(tmp_path_factory) -> dict[str, Path]:
     """A 333x517 RGB JPEG, a 250x250 grey PNG and a 401x299 RGBA PNG with varying alpha."""
-    root = tmp_path_factory.mktemp("eyeclip_images")
-    rng = np.random.default_rng(7)
-    yy, xx = np.mgrid[0:517, 0:333]
-    rgb = np.stack([(xx * 0.7) % 256, (yy * 0.4) % 256, (xx + yy) % 256], -1)
-    rgb = np.clip(rgb + rng.normal(0, 20, rgb.shape), 0, 255).astype(np.uint8)
-    paths = {"rgb": root / "wide.jpg", "grey": root / "grey.png", "rgba": root / "alpha.png"}
-    Image.fromarray(rgb).save(paths["rgb"], quality=92)
-    Image.fromarray(rng.integers(0, 256, (250, 250), dtype=np.uint8), "L").save(paths["grey"])
-    rgba = rng.integers(0, 256, (299, 401, 4), dtype=np.uint8)
-    Image.fromarray(rgba, "RGBA").save(paths["rgba"])
-    return paths
+    paths = write_awkward_images(tmp_path_factory.mktemp("eyeclip_images"), seed=7)
+    return {"rgb": paths["rgb_jpeg"], "grey": paths["grey_png"], "rgba": paths["rgba_png"]}
 
 
 @pytest.fixture(scope="module")

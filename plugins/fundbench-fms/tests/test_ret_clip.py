@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fundbench_fms.fakes import awkward_images
 from fundbench_fms.fakes.ret_clip import VOCAB, ret_clip_state, write_vocab
 from PIL import Image
 from torchvision import transforms as T
@@ -43,21 +44,9 @@ def release(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """Awkward inputs: a non-square JPEG, a grey PNG, an opaque RGBA PNG."""
-    root = tmp_path_factory.mktemp("ret_clip_images")
-    rng = np.random.default_rng(3)
-    paths = []
-    for name, shape, mode in (
-        ("wide.jpg", (333, 517, 3), "RGB"),
-        ("grey.png", (250, 250), "L"),
-        ("rgba.png", (401, 299, 4), "RGBA"),
-    ):
-        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
-        if mode == "RGBA":
-            pixels[..., 3] = 255  # opaque: PIL's premultiplied RGBA resize equals RGB's then
-        Image.fromarray(pixels, mode).save(root / name)
-        paths.append(root / name)
-    return paths
+    """Awkward inputs: a non-square JPEG, a grey PNG, an opaque RGBA PNG (upstream converts to
+    RGB after resizing, which equals converting first only when alpha is 255)."""
+    return list(awkward_images(tmp_path_factory.mktemp("ret_clip_images"), opaque=True).values())
 
 
 def _reference_pixels(path) -> torch.Tensor:

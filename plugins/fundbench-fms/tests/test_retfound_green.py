@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fundbench_fms.fakes import timm_shapes
+from fundbench_fms.fakes import awkward_images, timm_shapes
 from fundbench_fms.fakes.retfound_green import RELEASE_NAME, write_retfound_green
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
@@ -71,21 +71,8 @@ def model_all_tokens(_release_file):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
-    """Awkward inputs: a non-square RGB JPEG, a grey PNG, an RGBA PNG."""
-    folder = tmp_path_factory.mktemp("retfound_green_images")
-    rng = np.random.default_rng(3)
-    y, x = np.mgrid[0:333, 0:517]
-    rgb = np.stack([120 + 90 * np.sin(x / (11 + 4 * c) + c) * np.cos(y / 17) for c in range(3)], -1)
-    rgb = (rgb + rng.normal(0, 25, rgb.shape)).clip(0, 255).astype(np.uint8)
-    paths = {
-        "rgb_jpeg": folder / "a.jpg",
-        "grey_png": folder / "g.png",
-        "rgba_png": folder / "r.png",
-    }
-    Image.fromarray(rgb).save(paths["rgb_jpeg"], quality=90)
-    Image.fromarray(rgb[:250, :250, 1]).save(paths["grey_png"])  # mode "L"
-    alpha = rng.integers(0, 256, (299, 401, 1), dtype=np.uint8)
-    Image.fromarray(np.concatenate([rgb[:299, :401], alpha], -1), "RGBA").save(paths["rgba_png"])
+    """Awkward inputs: a non-square RGB JPEG, a grey PNG, an RGBA PNG with varying alpha."""
+    paths = awkward_images(tmp_path_factory.mktemp("retfound_green_images"), seed=3)
     assert (
         Image.open(paths["grey_png"]).mode == "L" and Image.open(paths["rgba_png"]).mode == "RGBA"
     )

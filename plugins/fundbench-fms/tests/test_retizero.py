@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from fundbench_flair.testing import reference_text, write_bert_folder
 from fundbench_flair.text import TOKENIZER_ENV
+from fundbench_fms.fakes import ForbiddenPickle, awkward_images
 from fundbench_fms.fakes.retizero import POSITION_IDS_KEY, retizero_shapes, write_retizero
 from fundbench_fms.models import retizero as rz
 from fundbench_fms.plugins import retizero as plugin
@@ -82,24 +83,7 @@ def backbone(files):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
     """Awkward inputs: a 333x517 RGB JPEG, a 250x250 grey PNG, a 401x299 RGBA PNG."""
-    root = tmp_path_factory.mktemp("retizero_images")
-    rng = np.random.default_rng(7)
-    out = []
-    for (w, h), mode, name in (
-        ((333, 517), "RGB", "tall.jpg"),
-        ((250, 250), "L", "grey.png"),
-        ((401, 299), "RGBA", "rgba.png"),
-    ):
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = 120 + 100 * np.sin(xx / 23.0) * np.cos(yy / 31.0)
-        channels = len(mode)
-        pixels = base[..., None] + rng.normal(0, 25, (h, w, channels))
-        pixels = np.clip(pixels, 0, 255).astype(np.uint8)
-        image = Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode)
-        path = root / name
-        image.save(path, quality=90) if name.endswith(".jpg") else image.save(path)
-        out.append(path)
-    return out
+    return list(awkward_images(tmp_path_factory.mktemp("retizero_images"), seed=7).values())
 
 
 @pytest.fixture
@@ -328,12 +312,8 @@ def test_neighbouring_files_get_a_hint(serve):
     _one_line_error(finetuned, serve, match="Finetuning.py")
 
 
-class Pickled:
-    """Not a tensor or container: the safe reader must refuse to build it."""
-
-
 @pytest.mark.parametrize(
-    "payload", [argparse.Namespace(lr=1e-4), Pickled()], ids=["namespace", "class"]
+    "payload", [argparse.Namespace(lr=1e-4), ForbiddenPickle()], ids=["namespace", "class"]
 )
 def test_a_file_pickling_objects_is_refused(tmp_path, payload):
     path = tmp_path / "RetiZero.pth"

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import fundbench_fms.models.urfound as urfound
 import fundbench_fms.plugins.urfound as plugin
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fundbench_fms.fakes import ForbiddenPickle, awkward_images, read_training_checkpoint
 from fundbench_fms.fakes.urfound import POSITION_IDS, write_urfound_release
 from PIL import Image
 from torchvision import transforms
@@ -42,13 +42,6 @@ DIM, DEPTH, HEADS = 768, 12, 12
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-class CustomArgs:
-    """A class a checkpoint must not be allowed to unpickle (only argparse.Namespace is)."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def release_file() -> Path:
     """The fake release, written once before the first test of the module, removed after."""
@@ -62,8 +55,7 @@ def release_file() -> Path:
 @pytest.fixture(scope="module")
 def raw(release_file) -> dict:
     """The file as plain torch reads it (memory-mapped), independently of the plugin."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(release_file, map_location="cpu", weights_only=True, mmap=True)
+    return read_training_checkpoint(release_file)
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +65,8 @@ def model(release_file):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
-    """Awkward inputs: a non-square RGB JPEG, a grey PNG, an RGBA PNG."""
-    folder = tmp_path_factory.mktemp("urfound_images")
-    rng = np.random.default_rng(6)
-    rgb = rng.integers(0, 256, (517, 333, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(folder / "wide.jpg", quality=90)
-    Image.fromarray(rng.integers(0, 256, (250, 250), dtype=np.uint8), "L").save(folder / "grey.png")
-    Image.fromarray(rng.integers(0, 256, (299, 401, 4), dtype=np.uint8), "RGBA").save(
-        folder / "alpha.png"
-    )
-    return [folder / "wide.jpg", folder / "grey.png", folder / "alpha.png"]
+    """Awkward inputs: a non-square RGB JPEG, a grey PNG, an RGBA PNG with varying alpha."""
+    return list(awkward_images(tmp_path_factory.mktemp("urfound_images"), seed=6).values())
 
 
 # --- the authors' pipeline, rebuilt -----------------------------------------------------------
@@ -301,12 +285,14 @@ def test_neighbouring_files_get_a_hint(monkeypatch, release_file, raw):
 
 def test_only_argparse_namespace_may_be_unpickled(tmp_path):
     path = tmp_path / "urfound_mm.pth"
-    torch.save({"model": {"cls_token": torch.zeros(1, 1, 768)}, "args": CustomArgs(lr=1)}, path)
+    torch.save(
+        {"model": {"cls_token": torch.zeros(1, 1, 768)}, "args": ForbiddenPickle(lr=1)}, path
+    )
     with pytest.raises(CheckpointError) as info:
         load_model("urfound", weights=str(path))
     message = str(info.value)
     assert "\n" not in message and str(path) in message
-    assert "refuses to unpickle" in message and "CustomArgs" in message
+    assert "refuses to unpickle" in message and "ForbiddenPickle" in message
 
 
 # --- 3. the authors' pipeline, independently ----------------------------------------------------

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import fundbench_fms.models.visionfm as visionfm
 import fundbench_fms.plugins.visionfm as plugin
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fundbench_fms.fakes import ForbiddenPickle, awkward_images, read_training_checkpoint
 from fundbench_fms.fakes.visionfm import write_visionfm_release
 from PIL import Image
 from torchvision.transforms import InterpolationMode
@@ -52,13 +52,6 @@ UPSTREAM_STATS = {
 }
 
 
-class CustomArgs:
-    """A class a checkpoint must not be allowed to unpickle (only argparse.Namespace is)."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def release_file() -> Path:
     """The fake release, written once before the first test of the module, removed after."""
@@ -72,8 +65,7 @@ def release_file() -> Path:
 @pytest.fixture(scope="module")
 def raw(release_file) -> dict:
     """The file as plain torch reads it (memory-mapped), independently of the plugin."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(release_file, map_location="cpu", weights_only=True, mmap=True)
+    return read_training_checkpoint(release_file)
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +75,8 @@ def fundus(release_file):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
-    """Awkward inputs: a non-square RGB JPEG, a grey PNG, an RGBA PNG."""
-    folder = tmp_path_factory.mktemp("visionfm_images")
-    rng = np.random.default_rng(5)
-    rgb = rng.integers(0, 256, (517, 333, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(folder / "wide.jpg", quality=90)
-    Image.fromarray(rng.integers(0, 256, (250, 250), dtype=np.uint8), "L").save(folder / "grey.png")
-    Image.fromarray(rng.integers(0, 256, (299, 401, 4), dtype=np.uint8), "RGBA").save(
-        folder / "alpha.png"
-    )
-    return [folder / "wide.jpg", folder / "grey.png", folder / "alpha.png"]
+    """Awkward inputs: a non-square RGB JPEG, a grey PNG, an RGBA PNG with varying alpha."""
+    return list(awkward_images(tmp_path_factory.mktemp("visionfm_images"), seed=6).values())
 
 
 # --- the authors' pipeline, rebuilt -----------------------------------------------------------
@@ -304,14 +288,17 @@ def test_a_dinov2_teacher_gets_a_hint(monkeypatch, release_file, raw):
 def test_only_argparse_namespace_may_be_unpickled(tmp_path, raw):
     path = tmp_path / "VFM_Fundus_weights.pth"
     torch.save(
-        {"teacher": {"backbone.cls_token": torch.zeros(1, 1, 768)}, "args": CustomArgs(lr=1e-3)},
+        {
+            "teacher": {"backbone.cls_token": torch.zeros(1, 1, 768)},
+            "args": ForbiddenPickle(lr=1e-3),
+        },
         path,
     )
     with pytest.raises(CheckpointError) as info:
         load_model("visionfm_fundus", weights=str(path))
     message = str(info.value)
     assert "\n" not in message and str(path) in message
-    assert "refuses to unpickle" in message and "CustomArgs" in message
+    assert "refuses to unpickle" in message and "ForbiddenPickle" in message
 
 
 # --- 3. the authors' pipeline, independently ----------------------------------------------------

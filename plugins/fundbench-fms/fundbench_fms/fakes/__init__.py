@@ -4,25 +4,16 @@ from the architecture), for tests and ``scripts/make-fake-weights.py``. Nothing 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
+from fundbench.testing.fakes import random_state_dict
 
-def random_tensors(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
-    """Random tensors at trained-like scales: norm weights near 1, LayerScale near 0.1, the
-    rest small, so a network built from them gives distinct, finite embeddings."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in shapes.items():
-        noise = torch.randn(shape, generator=gen)
-        leaf = key.rsplit(".", 2)
-        if key.endswith(".weight") and len(leaf) > 1 and ("norm" in leaf[-2] or "ln" in leaf[-2]):
-            out[key] = noise.mul_(0.1).add_(1.0)
-        elif key.endswith("gamma"):
-            out[key] = noise.mul_(0.05).add_(0.1)
-        else:
-            out[key] = noise.mul_(0.02)
-    return out
+#: random weights at trained-like scales (the core's, shared with the other plugins' fakes)
+random_tensors = random_state_dict
 
 
 def shapes_of(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -61,3 +52,44 @@ def adamw_state(params: dict[str, torch.Tensor], limit: int = 4) -> dict:
 def training_args(**values) -> argparse.Namespace:
     """The ``args`` a training script pickles (``argparse.Namespace``)."""
     return argparse.Namespace(**values)
+
+
+class ForbiddenPickle:
+    """A class no release may make the loader unpickle (only ``argparse.Namespace`` may be, in
+    whole training checkpoints): tests save an instance and expect a one-line refusal."""
+
+    def __init__(self, **values) -> None:
+        self.__dict__.update(values)
+
+
+def awkward_images(folder: str | Path, seed: int = 0, opaque: bool = False) -> dict[str, Path]:
+    """The inputs the reconstruction tests compare on: a 333x517 RGB JPEG (a smooth pattern
+    plus noise, so a resize has something to round), a 250x250 grey PNG (mode ``L``) and a
+    299x401 RGBA PNG whose alpha varies (``opaque``: 255 everywhere)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:333, 0:517]
+    rgb = np.stack([120 + 90 * np.sin(x / (11 + 4 * c) + c) * np.cos(y / 17) for c in range(3)], -1)
+    rgb = (rgb + rng.normal(0, 25, rgb.shape)).clip(0, 255).astype(np.uint8)
+    paths = {
+        "rgb_jpeg": folder / "a.jpg",
+        "grey_png": folder / "g.png",
+        "rgba_png": folder / "r.png",
+    }
+    Image.fromarray(rgb).save(paths["rgb_jpeg"], quality=90)
+    Image.fromarray(rgb[:250, :250, 1]).save(paths["grey_png"])
+    alpha = (
+        np.full((299, 401, 1), 255, np.uint8)
+        if opaque
+        else rng.integers(0, 256, (299, 401, 1), dtype=np.uint8)
+    )
+    Image.fromarray(np.concatenate([rgb[:299, :401], alpha], -1), "RGBA").save(paths["rgba_png"])
+    return paths
+
+
+def read_training_checkpoint(path: str | Path) -> dict:
+    """A whole training checkpoint as plain torch reads it (memory-mapped, ``argparse.Namespace``
+    allowed), independently of the plugin's loader."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)

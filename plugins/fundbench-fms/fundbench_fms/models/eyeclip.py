@@ -204,12 +204,8 @@ class EyeCLIPModel(Model):
         self.weights_digest = weights_digest(path)
         self.checkpoint_path = path
         # the known defect of the release (upstream issue #10): one embedding for any text
-        self._text_problem = text_sanity(self.encode_texts)
+        self.text_invalid_reason = text_sanity(self.encode_texts)
         self.to(device)
-
-    @property
-    def text_invalid_reason(self) -> str | None:
-        return self._text_problem
 
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:

@@ -253,7 +253,7 @@ class RETCLIPModel(Model):
         vocab = find_vocab(tokenizer) if text_head != "none" else None
         self.tokenizer = load_tokenizer(vocab) if vocab else None
         self.prompt_file = str(PROMPT_FILE) if text_head != "none" else None
-        self._text_invalid = (
+        self.text_invalid_reason = (
             text_sanity(self.encode_texts, SANITY_TEXTS) if self.tokenizer is not None else None
         )
 
@@ -268,10 +268,6 @@ class RETCLIPModel(Model):
                 "or pass --model-arg ret_clip.tokenizer=PATH to run zero-shot"
             )
         return None
-
-    @property
-    def text_invalid_reason(self) -> str | None:
-        return self._text_invalid
 
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:

@@ -305,7 +305,7 @@ class RetiZeroModel(Model):
             except ConfigError as exc:
                 raise ConfigError(f"{NAME}: {exc}") from None
         # a sanity check of the text tower on this file's weights (text_invalid_reason)
-        self._text_invalid = text_sanity(self.encode_texts) if self.tokenizer else None
+        self.text_invalid_reason = text_sanity(self.encode_texts) if self.tokenizer else None
         self.to(device)
 
     @property
@@ -317,10 +317,6 @@ class RetiZeroModel(Model):
 
             return missing_tokenizer_reason()
         return None
-
-    @property
-    def text_invalid_reason(self) -> str | None:
-        return self._text_invalid
 
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
