@@ -34,6 +34,22 @@ BUILTIN_MODELS = {
     "retfound_dinov2": "fundbench-retfound",
     "timm": "fundbench-backbones",
     "hf": "fundbench-backbones",
+    **{
+        name: "fundbench-fms"
+        for name in (
+            "retfound_green",
+            "retizero",
+            "visionfm_fundus",
+            "visionfm_oct",
+            "visionfm_ffa",
+            "urfound",
+            "dinoret",
+            "dinoret_be",
+            "dinoret_lora",
+            "eyeclip",
+            "ret_clip",
+        )
+    },
 }
 
 
