@@ -250,3 +250,29 @@ def test_unrelated_texts_check_fails_alike_and_zero_embeddings_and_passes_distin
     assert "sanity check" in problem and "cosine 1.000000" in problem
     assert "all-zero" in unrelated_texts_problem(np.zeros_like(distinct))
     assert "NaN" in unrelated_texts_problem(np.full_like(distinct, np.nan))
+
+
+def test_resplit_folds_keep_their_images_eyes():
+    """Per-eye heads also work on a task that re-splits the dataset (FLAIR's paper folds)."""
+    from fundbench.eval.cells import Features
+
+    n = 12
+    x, y = np.arange(n, dtype=float)[:, None], np.repeat([0, 1], n // 2)
+    ids = np.array([f"i{i}" for i in range(n)])
+    eyes = np.array(["OD", "OS"] * (n // 2))
+    empty = np.zeros(0)
+    f = Features(
+        x[:0],
+        empty,
+        empty,
+        empty,
+        x[:0],
+        empty,
+        empty,
+        empty,
+        pool=(x, y, ids, ids),
+        pool_eyes=eyes,
+    )
+    fold = f.resplit(0, test=0.5, train=0.5)
+    rows = [int(v) for v in fold.test_x[:, 0]]
+    assert list(fold.test_eyes) == list(eyes[rows]) and len(rows) == n // 2

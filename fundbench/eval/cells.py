@@ -93,6 +93,8 @@ class Features:
     test_ids: np.ndarray
     #: (x, y, groups, ids) of every image, for per-class re-splits
     pool: tuple | None = None
+    #: every image's eye, in the order of ``pool`` (re-split folds keep their images' eyes)
+    pool_eyes: np.ndarray | None = None
     #: the dataset's val split (never fitted on): post-hoc choices such as a calibration
     #: temperature or an operating threshold are made here, then frozen for test
     val_x: np.ndarray | None = None
@@ -134,7 +136,10 @@ class Features:
             test_idx += idx[:n_test].tolist()
             train_idx += idx[n_test : n_test + n_train].tolist()
         tr, te = np.array(sorted(train_idx), dtype=int), np.array(sorted(test_idx), dtype=int)
-        return Features(x[tr], y[tr], groups[tr], ids[tr], x[te], y[te], groups[te], ids[te])
+        eyes = None if self.pool_eyes is None else self.pool_eyes[te]
+        return Features(
+            x[tr], y[tr], groups[tr], ids[tr], x[te], y[te], groups[te], ids[te], test_eyes=eyes
+        )
 
     @classmethod
     def labels_only(cls, dataset: Dataset) -> Features:
@@ -166,6 +171,7 @@ class Features:
             table["patient"].to_numpy()[test],
             ids[test],
             pool=(x, table["label"].to_numpy(), table["patient"].to_numpy(), ids),
+            pool_eyes=table["eye"].to_numpy() if "eye" in table else None,
             val_x=x[val],
             val_y=table["label"].to_numpy()[val],
             test_eyes=table["eye"].to_numpy()[test] if "eye" in table else None,
