@@ -180,7 +180,7 @@ def test_zero_shot_by_eye_equals_the_per_eye_computation(host, tmp_path):
 def test_zero_shot_by_eye_without_eyes_is_not_applicable(host, tmp_path):
     records = _run(host, tmp_path / "out", "toy_eye_heads", datasets=("toy_no_eyes",))
     (zero,) = [r for r in records if r["cell"]["protocol"] == "zero_shot"]
-    assert zero["status"] == "not_applicable" and "records no eyes" in zero["reason"]
+    assert zero["status"] == "not_applicable" and "records no left or right eye" in zero["reason"]
 
 
 def test_text_initialised_heads_are_not_applicable_with_eye_heads(host, tmp_path):

@@ -421,12 +421,14 @@ def _eyes_for_heads(ctx: Context, f: Features) -> tuple[list[str] | None, str | 
     unknown = len(f.evaluation_x()[0]) - sum(s in ctx.eye_views for s in sides)
     if raw is None or unknown:
         how = (
-            "records no eyes" if raw is None or not any(sides) else f"has {unknown} images without"
+            "records no left or right eye"
+            if raw is None or not any(sides)
+            else f"has {unknown} image(s) without a left or right eye"
         )
         return None, (
             f"{ctx.model_name} scores each image with the head of its eye "
-            f"({'/'.join(ctx.eye_views)}), and dataset {ctx.dataset.id!r} {how} a left or "
-            "right eye; choose one head for every image with the model's text_head option"
+            f"({'/'.join(ctx.eye_views)}), and dataset {ctx.dataset.id!r} {how}; choose one "
+            "head for every image with the model's text_head option"
         )
     return sides, None
 

@@ -323,8 +323,8 @@ def test_per_eye_heads_need_every_images_eye():
     x, z = np.zeros((3, 4)), np.zeros(3)
     f = Features(x, z, z, z, x, z, z, z, test_eyes=np.array(["OD", "", "OS"]))
     eyes, reason = _eyes_for_heads(ctx, f)
-    assert eyes is None and "1 images without" in reason and "text_head" in reason
+    assert eyes is None and "1 image(s) without" in reason and "text_head" in reason
     f.test_eyes = np.array(["OD", "right", "le"])
     assert _eyes_for_heads(ctx, f) == (["right", "right", "left"], None)
     f.test_eyes = None
-    assert "records no eyes" in _eyes_for_heads(ctx, f)[1]
+    assert "records no left or right eye" in _eyes_for_heads(ctx, f)[1]
